@@ -1,0 +1,3 @@
+"""dreamlink: learned world models onboard drones and robots."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,365 @@
+"""The bundle: a folder (or a `.tar` of it) holding `manifest.json` and ONNX files.
+
+Onboard code and training code both go through this module. A bundle is checked
+whole before anything uses it: schema, every file's sha256, and each ONNX file's
+inputs/outputs against the contract of its role and the bundle's `VehicleSpec`.
+A bundle that fails any check raises `BundleError` naming the file and what was
+expected; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dreamlink.spec import SpecError, VehicleSpec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+FORMAT = "dreamlink-bundle"
+MANIFEST = "manifest.json"
+ROLES = ("world_model", "policy", "planner")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class BundleError(Exception):
+    """A bundle is missing, corrupt, or does not keep the contract; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of a bundle, as the manifest records it."""
+
+    role: str
+    path: str
+    sha256: str
+    precision: str = "fp32"
+    opset: int = 0
+    ensemble_size: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "precision": self.precision,
+            "opset": self.opset,
+            "ensemble_size": self.ensemble_size,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    spec: VehicleSpec
+    files: Mapping[str, BundleFile]
+    training: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    created_utc: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "created_utc": self.created_utc,
+            "spec": self.spec.to_dict(),
+            "files": {role: f.to_dict() for role, f in self.files.items()},
+            "training": dict(self.training),
+            "calibration": dict(self.calibration),
+            "versions": dict(self.versions),
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk. `root` is the folder holding the manifest."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def spec(self) -> VehicleSpec:
+        return self.manifest.spec
+
+    def path_of(self, role: str) -> Path:
+        if role not in self.manifest.files:
+            raise BundleError(f"{self.root}: bundle has no {role!r} file (has {sorted(self.manifest.files)})")
+        return self.root / self.manifest.files[role].path
+
+    def has(self, role: str) -> bool:
+        return role in self.manifest.files
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _parse_manifest(data: Any, where: str) -> Manifest:
+    if not isinstance(data, dict):
+        raise BundleError(f"{where}: expected a JSON object")
+    if data.get("format") != FORMAT:
+        raise BundleError(f"{where}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{where}: schema_version {version!r} is not supported (this dreamlink reads {SCHEMA_VERSION}); "
+            "re-export the bundle with a matching dreamlink"
+        )
+    try:
+        spec = VehicleSpec.from_dict(data.get("spec"), where=f"{where}: spec")
+    except SpecError as e:
+        raise BundleError(str(e)) from None
+    files_raw = data.get("files")
+    if not isinstance(files_raw, dict) or "world_model" not in files_raw:
+        raise BundleError(f"{where}: field 'files' must be an object with at least a 'world_model' entry")
+    files = {}
+    for role, entry in files_raw.items():
+        w = f"{where}: files.{role}"
+        if role not in ROLES:
+            raise BundleError(f"{w}: unknown role, expected one of {ROLES}")
+        if not isinstance(entry, dict):
+            raise BundleError(f"{w}: expected an object")
+        rel = entry.get("path")
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise BundleError(f"{w}.path: expected a relative path inside the bundle, got {rel!r}")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise BundleError(f"{w}.sha256: expected 64 hex digits, got {digest!r}")
+        precision = entry.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise BundleError(f"{w}.precision: expected one of {PRECISIONS}, got {precision!r}")
+        opset, ens = entry.get("opset", 0), entry.get("ensemble_size", 1)
+        if not isinstance(opset, int) or not isinstance(ens, int) or ens < 1:
+            raise BundleError(f"{w}: opset and ensemble_size must be integers (ensemble_size >= 1)")
+        files[role] = BundleFile(role, rel, digest, precision, opset, ens)
+    for key in ("training", "calibration", "versions"):
+        if not isinstance(data.get(key, {}), dict):
+            raise BundleError(f"{where}: field {key!r} must be an object")
+    return Manifest(
+        spec=spec,
+        files=files,
+        training=data.get("training", {}),
+        calibration=data.get("calibration", {}),
+        versions=data.get("versions", {}),
+        created_utc=str(data.get("created_utc", "")),
+        schema_version=version,
+    )
+
+
+def _dim_ok(dim: Any, expected: int | None) -> bool:
+    """A dynamic dim (named or None) matches a dynamic expectation; a fixed one must equal it."""
+    if expected is None:
+        return not isinstance(dim, int) or dim < 0
+    return isinstance(dim, int) and dim == expected
+
+
+def _fmt_shape(dims: list[int | None]) -> str:
+    return "[" + ",".join("B" if d is None else str(d) for d in dims) + "]"
+
+
+def _check_io(where: str, kind: str, name: str, shape: list[Any], dtype: str, expected: list[int | None]) -> None:
+    if dtype != "tensor(float)":
+        raise BundleError(f"{where}: {kind} {name!r} has type {dtype}, expected float32 tensor {_fmt_shape(expected)}")
+    if len(shape) != len(expected) or not all(_dim_ok(d, e) for d, e in zip(shape, expected, strict=True)):
+        raise BundleError(
+            f"{where}: {kind} {name!r} has shape {shape}, expected {_fmt_shape(expected)} "
+            "(B a dynamic batch dimension); re-export the model against this bundle's vehicle spec"
+        )
+
+
+def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size: int = 1) -> None:
+    """Open the ONNX file in ONNX Runtime and check its inputs/outputs against the role's contract.
+
+    world_model: state [B,S], action [B,A] -> next_state [B,S] (or [E,B,S]); policy: state [B,S] -> action [B,A].
+    """
+    import onnxruntime as ort  # deferred: manifest-only tools need not pay for it
+
+    S, A = spec.state_dim, spec.action_dim
+    where = path.name
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises several private exception types
+        raise BundleError(f"{where}: ONNX Runtime cannot load it ({e}); re-export the model") from None
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = sess.get_outputs()
+    if role == "world_model":
+        want_in: dict[str, list[int | None]] = {"state": [None, S], "action": [None, A]}
+        want_out: list[int | None] = [None, S] if ensemble_size == 1 else [ensemble_size, None, S]
+        out_name = "next_state"
+    elif role == "policy":
+        want_in, want_out, out_name = {"state": [None, S]}, [None, A], "action"
+    else:
+        return  # planner graphs are checked by the planner that composes them
+    for name, expected in want_in.items():
+        if name not in inputs:
+            raise BundleError(
+                f"{where}: missing input {name!r} {_fmt_shape(expected)}; has inputs {sorted(inputs)}"
+            )
+        _check_io(where, "input", name, list(inputs[name].shape), inputs[name].type, expected)
+    extra = set(inputs) - set(want_in)
+    if extra:
+        raise BundleError(
+            f"{where}: unexpected extra inputs {sorted(extra)}; the {role} contract has {sorted(want_in)}"
+        )
+    match = [o for o in outputs if o.name == out_name]
+    if not match:
+        raise BundleError(
+            f"{where}: missing output {out_name!r} {_fmt_shape(want_out)}; has {[o.name for o in outputs]}"
+        )
+    _check_io(where, "output", out_name, list(match[0].shape), match[0].type, want_out)
+
+
+def _safe_extract(tar_path: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(tar_path) as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, filter="data")
+            else:
+                # Python < 3.10.12 / 3.11.4 (e.g. Debian bookworm's 3.11.2 on a Raspberry Pi) has no
+                # extraction filters: allow plain files and folders inside dest, nothing else.
+                for m in tf.getmembers():
+                    if not (m.isfile() or m.isdir()) or Path(m.name).is_absolute() or ".." in Path(m.name).parts:
+                        raise BundleError(f"{tar_path}: member {m.name!r} is not a plain file inside the bundle")
+                tf.extractall(dest)
+    except (tarfile.TarError, OSError) as e:
+        raise BundleError(f"{tar_path}: not a readable bundle tar ({e})") from None
+
+
+def load_bundle(path: str | os.PathLike[str], check_models: bool = True) -> Bundle:
+    """Read and verify a bundle folder or `.tar`. Raises `BundleError` on any mismatch.
+
+    A `.tar` is unpacked into a private temporary folder that lives as long as the process.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise BundleError(f"{p}: no such bundle (expected a folder with {MANIFEST}, or a .tar of one)")
+    if p.is_file():
+        tmp = Path(tempfile.mkdtemp(prefix="dreamlink-bundle-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        _safe_extract(p, tmp)
+        candidates = [tmp] + [d for d in tmp.iterdir() if d.is_dir()]
+        roots = [d for d in candidates if (d / MANIFEST).is_file()]
+        if not roots:
+            raise BundleError(f"{p}: the tar holds no {MANIFEST}")
+        p = roots[0]
+    mpath = p / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{p}: no {MANIFEST}; this is not a bundle folder")
+    try:
+        data = json.loads(mpath.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mpath}: not valid JSON ({e}); re-copy the bundle") from None
+    manifest = _parse_manifest(data, str(mpath))
+    for role, f in manifest.files.items():
+        fp = p / f.path
+        if not fp.is_file():
+            raise BundleError(f"{f.path}: listed in the manifest as {role} but missing from {p}; re-copy the bundle")
+        actual = sha256_of(fp)
+        if actual != f.sha256:
+            raise BundleError(
+                f"{f.path}: sha256 mismatch (manifest {f.sha256[:12]}…, file {actual[:12]}…); "
+                "re-export or re-copy the bundle"
+            )
+    if check_models:
+        for role, f in manifest.files.items():
+            check_onnx_contract(p / f.path, role, manifest.spec, f.ensemble_size)
+    log.info("bundle %s verified (%d files)", p, len(manifest.files))
+    return Bundle(p.resolve(), manifest)
+
+
+def write_bundle(
+    out_dir: str | os.PathLike[str],
+    spec: VehicleSpec,
+    files: Mapping[str, tuple[Path, dict[str, Any]]],
+    training: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    versions: Mapping[str, str] | None = None,
+) -> Bundle:
+    """Write a bundle folder: copy `files` ({role: (source path, {precision, opset, ensemble_size})}),
+    hash them, write the manifest, verify the result, then move it into place.
+
+    The folder appears complete or not at all (built beside the target, renamed last).
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out}: exists and is not an empty folder; choose a new bundle folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir, not mkdtemp: mkdtemp makes the folder 0700 whatever the umask, and the renamed bundle would be
+    # unreadable by the service user that runs it.
+    staging = out.parent / f".{out.name}-{secrets.token_hex(6)}"
+    staging.mkdir()
+    try:
+        entries = {}
+        for role, (src, meta) in files.items():
+            if role not in ROLES:
+                raise BundleError(f"role {role!r} unknown, expected one of {ROLES}")
+            name = f"{role}.onnx"
+            shutil.copyfile(src, staging / name)
+            entries[role] = BundleFile(
+                role,
+                name,
+                sha256_of(staging / name),
+                meta.get("precision", "fp32"),
+                int(meta.get("opset", 0)),
+                int(meta.get("ensemble_size", 1)),
+            )
+        manifest = Manifest(
+            spec=spec,
+            files=entries,
+            training=dict(training or {}),
+            calibration=dict(calibration or {}),
+            versions=dict(versions or {}),
+            created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+        load_bundle(staging)  # refuse to ship what we could not load back
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_bundle(out)
+
+
+def update_manifest(bundle: Bundle, **sections: Mapping[str, Any]) -> Bundle:
+    """Merge new `training` / `calibration` / `versions` entries into a bundle's manifest, atomically."""
+    data = bundle.manifest.to_dict()
+    for key, value in sections.items():
+        if key not in ("training", "calibration", "versions"):
+            raise BundleError(f"update_manifest: cannot change {key!r}")
+        data[key] = {**data[key], **dict(value)}
+    tmp = bundle.root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, bundle.root / MANIFEST)
+    return load_bundle(bundle.root)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that made a bundle (those importable here)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("dreamlink", "numpy", "onnxruntime", "onnx", "torch", "pymavlink"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,1 @@
+"""Campaigns of SITL flights: data collection now, randomised evaluation on Ray later."""

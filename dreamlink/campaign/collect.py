@@ -1,0 +1,120 @@
+"""Collect transitions from a vehicle (SITL or real) through its profile, with exploratory actions.
+
+Collection goes through the same link and profile the runtime flies with, so the data
+carries the same telemetry path (units, message timing) as flight. In lockstep SITL each
+command advances the simulator one control period, so a transition is exactly one step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
+from dreamlink.learning.transitions import TransitionSet
+from dreamlink.spec import VehicleSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    transitions: int = 20000
+    max_episode_steps: int = 200
+    seed: int = 0
+    reset_max_angle_rad: float = 0.2
+    reset_max_pos_m: float = 1.0
+    stop_angle_rad: float = 0.8  # past this the episode ends: far outside where we plan
+    stop_pos_m: float = 2.3
+    step_timeout_s: float = 2.0
+
+
+class Exploration:
+    """Exploratory action sequences, one style per episode: white noise, random holds, or a
+    smooth Ornstein-Uhlenbeck walk; together they cover fast and slow excitation."""
+
+    STYLES = ("white", "hold", "smooth")
+
+    def __init__(self, spec: VehicleSpec, rng: np.random.Generator) -> None:
+        self.low, self.high, self.rng = spec.action_low, spec.action_high, rng
+        self.style = "white"
+        self._a = np.zeros(spec.action_dim, dtype=np.float32)
+        self._hold_left = 0
+
+    def new_episode(self) -> None:
+        self.style = self.STYLES[int(self.rng.integers(len(self.STYLES)))]
+        self._a = self.rng.uniform(self.low, self.high).astype(np.float32) * 0.3
+        self._hold_left = 0
+
+    def next(self) -> np.ndarray:
+        if self.style == "white":
+            self._a = self.rng.uniform(self.low, self.high).astype(np.float32)
+        elif self.style == "hold":
+            if self._hold_left <= 0:
+                self._a = self.rng.uniform(self.low, self.high).astype(np.float32)
+                self._hold_left = int(self.rng.integers(1, 10))
+            self._hold_left -= 1
+        else:
+            half = (self.high - self.low) / 2
+            self._a = (0.85 * self._a + 0.35 * half * self.rng.standard_normal(len(half))).astype(np.float32)
+        return np.clip(self._a, self.low, self.high)
+
+
+def collect_cartpole(
+    profile: MotorBoardProfile,
+    spec: VehicleSpec,
+    config: CollectConfig,
+    progress: Callable[[int], None] | None = None,
+) -> TransitionSet:
+    """Episodes from random near-upright resets until `config.transitions` are gathered.
+
+    Needs a lockstep SITL (resets are a SITL-only command). `progress(n_new)` is called per
+    transition for a progress bar.
+    """
+    rng = np.random.default_rng(config.seed)
+    explore = Exploration(spec, rng)
+    S, A, N = spec.state_dim, spec.action_dim, config.transitions
+    states = np.empty((N, S), np.float32)
+    actions = np.empty((N, A), np.float32)
+    nexts = np.empty((N, S), np.float32)
+    episode = np.empty(N, np.int64)
+    i_pos, i_ang = spec.state_index("cart_pos_m"), spec.state_index("pole_angle_rad")
+    n, ep = 0, 0
+    profile.arm()
+    while n < N:
+        profile.request_sim_reset(
+            seed=int(rng.integers(2**31 - 1)),
+            max_angle_rad=config.reset_max_angle_rad,
+            max_pos_m=config.reset_max_pos_m,
+        )
+        t_s, x, _ = profile.state()
+        explore.new_episode()
+        for _ in range(config.max_episode_steps):
+            if n >= N:
+                break
+            a = explore.next()
+            profile.send(a)
+            if not profile.wait_state_after(t_s + spec.control_period_s * 0.5, config.step_timeout_s):
+                raise TimeoutError(f"collect: no state after t={t_s:.3f} s; is the SITL in lockstep and alive?")
+            t_next, x_next, _ = profile.state()
+            states[n], actions[n], nexts[n], episode[n] = x, a, x_next, ep
+            n += 1
+            if progress:
+                progress(1)
+            t_s, x = t_next, x_next
+            if abs(x[i_ang]) > config.stop_angle_rad or abs(x[i_pos]) > config.stop_pos_m:
+                break
+        ep += 1
+    profile.release()
+    log.info("collected %d transitions in %d episodes", n, ep)
+    return TransitionSet(
+        spec=spec,
+        state=states,
+        action=actions,
+        next_state=nexts,
+        episode=episode,
+        meta={"source": "sitl-lockstep", "seed": config.seed, "episodes": ep, "config": config.__dict__},
+    )

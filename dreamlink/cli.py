@@ -1,0 +1,204 @@
+"""The one `dreamlink` command. Each subcommand is a thin shell over the library; this module
+(and `demo.py`) is where output for people lives: tables, progress bars, plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dreamlink.spec import SPECS
+
+
+def _vehicle(name: str) -> Any:
+    if name not in SPECS:
+        raise argparse.ArgumentTypeError(f"unknown vehicle {name!r}; known: {', '.join(sorted(SPECS))}")
+    return SPECS[name]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected >= 0, got {v}")
+    return v
+
+
+def cmd_sitl(args: argparse.Namespace) -> int:
+    from dreamlink.sim.motor_board import main as sitl_main
+
+    argv = ["--out", args.out, "--seed", str(args.seed)] + (["--lockstep"] if args.lockstep else [])
+    return sitl_main(argv)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from dreamlink.demo import collect_with_progress
+
+    data = collect_with_progress(args.vehicle, args.transitions, args.seed, args.connect)
+    path = data.save(args.out)
+    print(f"wrote {len(data)} transitions to {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dreamlink.demo import train_with_progress
+    from dreamlink.learning.train import save_checkpoint
+    from dreamlink.learning.transitions import TransitionSet
+
+    data = TransitionSet.load(args.data)
+    result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed)
+    save_checkpoint(result.model, args.out)
+    print(f"holdout one-step RMSE: {json.dumps(result.holdout_one_step_rmse)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dreamlink.demo import export_bundle, load_user_module
+
+    if args.checkpoint:
+        from dreamlink.learning.train import load_checkpoint
+
+        model = load_checkpoint(args.checkpoint)
+        spec = model.spec
+    else:
+        spec = args.vehicle
+        model = load_user_module(args.module, args.state_dict)
+    export_bundle(model, spec, Path(args.out), data_path=args.data, horizon=args.horizon, samples=args.samples)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dreamlink.demo import print_flight_report
+    from dreamlink.runtime.mppi import MppiConfig
+    from dreamlink.runtime.onboard import RunConfig, fly
+    from dreamlink.runtime.session import SessionConfig
+
+    planner = None
+    if args.samples or args.horizon:
+        from dreamlink.bundle import load_bundle
+        from dreamlink.runtime.health import planner_config_for
+
+        base = planner_config_for(load_bundle(args.bundle))
+        planner = MppiConfig(
+            samples=args.samples or base.samples,
+            horizon=args.horizon or base.horizon,
+            noise_sigma=base.noise_sigma,
+            temperature=base.temperature,
+        )
+    config = RunConfig(
+        bundle=Path(args.bundle),
+        connect=args.connect,
+        rate_hz=args.rate_hz,
+        ticks=args.ticks,
+        lockstep=args.lockstep,
+        out_dir=Path(args.out),
+        seed=args.seed,
+        planner=planner,
+        session=SessionConfig(intra_op_threads=args.threads),
+    )
+    result = fly(config)
+    print_flight_report(result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dreamlink.demo import demo_cartpole
+
+    return demo_cartpole(Path(args.out), args.seed, args.transitions, args.ticks, args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dreamlink", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="the whole loop end to end: SITL, collect, train, export, fly, report")
+    d.add_argument("vehicle", choices=["cartpole"])
+    d.add_argument("--seed", type=_positive_int, default=0)
+    d.add_argument("--out", default="runs/demo-cartpole", help="folder for data, bundle, flight logs, plots")
+    d.add_argument("--transitions", type=_positive_int, default=20000)
+    d.add_argument("--ticks", type=_positive_int, default=750, help="control ticks to fly (50 Hz)")
+    d.add_argument("--epochs", type=_positive_int, default=40)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP")
+    s.add_argument("vehicle", choices=["cartpole"])
+    s.add_argument("--out", default="udp:127.0.0.1:14550", help="where to send MAVLink (the runtime listens there)")
+    s.add_argument("--lockstep", action="store_true", help="advance one control period per actuator command")
+    s.add_argument("--seed", type=_positive_int, default=0)
+    s.set_defaults(func=cmd_sitl)
+
+    c = sub.add_parser("collect", help="collect transitions from a lockstep SITL (started for you)")
+    c.add_argument("vehicle", type=_vehicle)
+    c.add_argument("--out", required=True, help="transitions file (.npz)")
+    c.add_argument("--transitions", type=_positive_int, default=20000)
+    c.add_argument("--seed", type=_positive_int, default=0)
+    c.add_argument("--connect", default=None, help="listen for an already running lockstep SITL instead")
+    c.set_defaults(func=cmd_collect)
+
+    t = sub.add_parser("train", help="train an ensemble world model on collected transitions")
+    t.add_argument("--data", required=True, nargs="+", help="transitions file(s) (.npz)")
+    t.add_argument("--out", required=True, help="checkpoint (.pt)")
+    t.add_argument("--hidden", type=_positive_int, default=64)
+    t.add_argument("--layers", type=_positive_int, default=2)
+    t.add_argument("--ensemble", type=_positive_int, default=5)
+    t.add_argument("--epochs", type=_positive_int, default=40)
+    t.add_argument("--seed", type=_positive_int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a world model to ONNX, check parity, write a bundle")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint written by `dreamlink train`")
+    src.add_argument("--module", help="your own model: FILE.py:NAME, NAME an nn.Module instance or a factory")
+    e.add_argument("--state-dict", help="weights for --module (torch.save of a state_dict)")
+    e.add_argument("--vehicle", type=_vehicle, default=SPECS["cartpole"], help="vehicle spec for --module")
+    e.add_argument("--data", help="held-out transitions (.npz) for the k-step error curve")
+    e.add_argument("--horizon", type=_positive_int, default=0, help="planner horizon to record (0: recommended)")
+    e.add_argument("--samples", type=_positive_int, default=256)
+    e.add_argument("--out", required=True, help="bundle folder to create")
+    e.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("run", help="fly: the onboard runtime against a vehicle over MAVLink")
+    r.add_argument("--bundle", required=True)
+    r.add_argument("--connect", required=True, help="pymavlink connection, e.g. udp:127.0.0.1:14550 (listen)")
+    r.add_argument("--rate-hz", type=float, default=0.0, help="control rate (default: the bundle's)")
+    r.add_argument("--ticks", type=_positive_int, default=0, help="stop after N ticks (0: until Ctrl-C)")
+    r.add_argument("--lockstep", action="store_true", help="run on simulator time (lockstep SITL)")
+    r.add_argument("--out", default="runs/flight", help="flight log folder")
+    r.add_argument("--samples", type=_positive_int, default=0)
+    r.add_argument("--horizon", type=_positive_int, default=0)
+    r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    r.add_argument("--seed", type=_positive_int, default=0)
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the CLI's job: one clear line, not a traceback, for known errors
+        from dreamlink.bundle import BundleError
+
+        if isinstance(e, (BundleError, FileNotFoundError, ValueError, TimeoutError)):
+            print(f"dreamlink {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

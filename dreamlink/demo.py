@@ -1,0 +1,248 @@
+"""`dreamlink demo` and the people-facing halves of the step-by-step commands.
+
+Like `cli.py`, this module talks to a person (progress bars, tables, plots); the work itself
+is done by the library packages it calls.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamlink.spec import VehicleSpec
+
+# Planner settings the demo records in the bundle; chosen so one tick fits well inside
+# 20 ms on one core of a small x86 or a Pi 5 class CPU (measured by the demo's report).
+DEMO_SAMPLES = 256
+HORIZON_MIN, HORIZON_MAX = 10, 25
+KSTEP_MAX = 50
+KSTEP_TOLERANCE = 0.5  # normalised RMSE; see calibration.kstep
+
+
+def _bar(total: int, desc: str, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def collect_with_progress(spec: VehicleSpec, transitions: int, seed: int, connect: str | None = None) -> Any:
+    from dreamlink.campaign.collect import CollectConfig, collect_cartpole
+    from dreamlink.firmware_bridge.link import Link, LinkConfig
+    from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
+    from dreamlink.sim.launcher import SitlProcess
+
+    def run(connect_string: str) -> Any:
+        with Link(LinkConfig(connect=connect_string)) as link, _bar(transitions, "collect", "tr") as bar:
+            profile = MotorBoardProfile(link, spec)
+            profile.connect(timeout_s=10.0)
+            return collect_cartpole(profile, spec, CollectConfig(transitions=transitions, seed=seed), bar.update)
+
+    if connect:
+        return run(connect)
+    with SitlProcess(vehicle=spec.name, lockstep=True, seed=seed) as sitl:
+        return run(sitl.connect_string)
+
+
+def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epochs: int, seed: int) -> Any:
+    from dreamlink.learning.train import TrainConfig, train_world_model
+    from dreamlink.learning.transitions import TransitionSet
+    from dreamlink.learning.world_model import WorldModelConfig
+
+    if isinstance(data, list):
+        data = TransitionSet.concat([TransitionSet.load(p) for p in data])
+    with _bar(epochs, "train", "epoch") as bar:
+
+        def progress(epoch: int, total: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}")
+
+        return train_world_model(
+            data,
+            WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ensemble),
+            TrainConfig(epochs=epochs, seed=seed),
+            progress,
+        )
+
+
+def load_user_module(ref: str, state_dict: str | None) -> Any:
+    """`FILE.py:NAME` -> the nn.Module NAME (or NAME() if it is a factory), weights loaded if given."""
+    import torch
+
+    file, _, name = ref.partition(":")
+    if not name or not Path(file).is_file():
+        raise ValueError(f"--module {ref!r}: expected FILE.py:NAME with an existing FILE")
+    spec = importlib.util.spec_from_file_location("dreamlink_user_model", file)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"--module {ref!r}: cannot import {file}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    obj = getattr(mod, name, None)
+    if obj is None:
+        raise ValueError(f"--module {ref!r}: {file} has no attribute {name!r}")
+    model = obj if isinstance(obj, torch.nn.Module) else obj()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"--module {ref!r}: {name} is not an nn.Module nor returns one")
+    if state_dict:
+        model.load_state_dict(torch.load(state_dict, weights_only=True))
+    return model.eval()
+
+
+def export_bundle(
+    model: Any,
+    spec: VehicleSpec,
+    out: Path,
+    data_path: str | None = None,
+    holdout: Any = None,
+    horizon: int = 0,
+    samples: int = DEMO_SAMPLES,
+    training: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Export, parity-check and pack; with held-out data, measure the k-step curve and record the
+    recommended horizon and the planner settings in the manifest. Returns (bundle, curve or None)."""
+    from dreamlink.bundle import update_manifest
+    from dreamlink.calibration.kstep import kstep_curve, recommend_horizon
+    from dreamlink.export.pack import pack_bundle
+    from dreamlink.learning.transitions import TransitionSet
+    from dreamlink.runtime.session import ModelSession
+
+    bundle, parity = pack_bundle(out, spec, model, training=training or {})
+    verdict = "PASS" if parity.ok else "FAIL"
+    print(
+        f"parity torch vs ONNX Runtime on {parity.n_samples} random inputs: max abs err {parity.max_abs_err:.2e} "
+        f"(tolerance atol {parity.atol:g} + rtol {parity.rtol:g}) {verdict}"
+    )
+    if holdout is None and data_path:
+        holdout = TransitionSet.load(data_path)
+    curve = None
+    calibration: dict[str, Any] = {}
+    if holdout is not None:
+        session = ModelSession(bundle.path_of("world_model"), spec)
+        curve = kstep_curve(session.predict, holdout.episodes(), spec, KSTEP_MAX)
+        recommended = recommend_horizon(curve, KSTEP_TOLERANCE)
+        calibration["kstep"] = {**curve.to_dict(), "tolerance": KSTEP_TOLERANCE, "recommended_horizon": recommended}
+        horizon = horizon or int(np.clip(recommended, HORIZON_MIN, HORIZON_MAX))
+        print(
+            f"k-step error: recommended horizon {recommended} (normalised RMSE < {KSTEP_TOLERANCE}); "
+            f"planning with {horizon}"
+        )
+    calibration["planner"] = {"samples": samples, "horizon": horizon or 20, "noise_sigma": 0.3, "temperature": 1.0}
+    bundle = update_manifest(bundle, calibration=calibration)
+    print(f"wrote bundle {bundle.root}")
+    return bundle, curve
+
+
+def print_flight_report(result: Any) -> None:
+    s = result.stats
+    rows = [
+        ("ticks", f"{s.ticks}"),
+        ("achieved rate", f"{s.achieved_rate_hz:.2f} Hz"),
+        (
+            "planner latency p50 / p99 / max",
+            f"{s.plan_latency_p50_ms:.2f} / {s.plan_latency_p99_ms:.2f} / {s.plan_latency_max_ms:.2f} ms",
+        ),
+        (
+            "loop lateness p50 / p99 / max",
+            f"{s.lateness_p50_ms:.2f} / {s.lateness_p99_ms:.2f} / {s.lateness_max_ms:.2f} ms",
+        ),
+        ("deadline overruns (missed)", f"{s.overruns} ({s.missed_deadlines})"),
+        ("fallbacks", json.dumps(s.fallbacks) if s.fallbacks else "0"),
+        ("stale-state ticks", f"{s.stale_ticks}"),
+        ("shield clipped / non-finite", f"{s.shield_clipped} / {s.shield_nonfinite}"),
+        ("start to first command", f"{result.start_to_first_command_s:.2f} s"),
+        ("link rx bad frames", f"{result.link.get('rx_bad', '?')}"),
+        ("flight log", f"{result.out_dir}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def demo_cartpole(out: Path, seed: int, transitions: int, ticks: int, epochs: int) -> int:
+    from dreamlink.reports import cartpole_summary, load_ticks, plot_imagined_vs_actual, plot_kstep
+    from dreamlink.runtime.onboard import SUMMARY_NAME
+    from dreamlink.sim.launcher import SitlProcess
+    from dreamlink.spec import CARTPOLE
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    print(f"== dreamlink demo cartpole (seed {seed}) -> {out}")
+    print("1/5 collect: lockstep motor-board SITL over UDP, exploratory actions")
+    data = collect_with_progress(CARTPOLE, transitions, seed)
+    data.save(out / "transitions.npz")
+    train_set, holdout = data.split_by_episode(0.1, seed)
+    print(f"    {len(train_set)} training / {len(holdout)} held-out transitions")
+
+    print("2/5 train: ensemble of MLPs predicting the state delta")
+    result = train_with_progress(train_set, 64, 2, 5, epochs, seed)
+    rmse = ", ".join(f"{k} {v:.2e}" for k, v in result.holdout_one_step_rmse.items())
+    print(f"    {result.seconds:.1f} s; held-out one-step RMSE: {rmse}")
+
+    print("3/5 export: ONNX, parity against torch, bundle")
+    bundle_dir = out / "bundle"
+    if bundle_dir.exists():
+        import shutil
+
+        shutil.rmtree(bundle_dir)
+    training = {
+        "holdout_one_step_rmse": result.holdout_one_step_rmse,
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+        "n_train": result.n_train,
+        "seed": seed,
+    }
+    bundle, curve = export_bundle(result.model, CARTPOLE, bundle_dir, holdout=holdout, training=training)
+    plot_kstep({"fp32": curve}, out / "kstep_error.png", KSTEP_TOLERANCE)
+
+    print(f"4/5 fly: motor-board SITL (real time) + onboard runtime process, {ticks} ticks at 50 Hz over UDP")
+    flight_dir = out / "flight"
+    with SitlProcess(vehicle="cartpole", lockstep=False, seed=seed) as sitl:
+        cmd = [
+            sys.executable,
+            "-m",
+            "dreamlink.cli",
+            "run",
+            "--bundle",
+            str(bundle.root),
+            "--connect",
+            sitl.connect_string,
+            "--ticks",
+            str(ticks),
+            "--out",
+            str(flight_dir),
+            "--seed",
+            str(seed),
+        ]
+        proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0:
+        print(f"runtime process failed with exit code {proc.returncode}", file=sys.stderr)
+        return 1
+
+    print("5/5 report")
+    ticks_data = load_ticks(flight_dir / "ticks.npz")
+    summary = cartpole_summary(ticks_data)
+    flight = json.loads((flight_dir / SUMMARY_NAME).read_text())
+    plot_imagined_vs_actual(ticks_data, out / "imagined_vs_actual.png")
+    report = {
+        "seed": seed,
+        "cartpole": summary,
+        "flight": flight,
+        "kstep_recommended_horizon": bundle.manifest.calibration.get("kstep", {}).get("recommended_horizon"),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    ok = summary["longest_balanced_streak"] >= 500
+    print(
+        f"  ticks balanced            {summary['ticks_balanced']} / {summary['ticks']} "
+        f"(longest streak {summary['longest_balanced_streak']}) {'PASS' if ok else 'FAIL'} (>= 500)"
+    )
+    print(f"  max |pole angle|, |cart|  {summary['max_abs_angle_deg']:.2f} deg, {summary['max_abs_cart_pos_m']:.2f} m")
+    print(f"  plots                     {out / 'imagined_vs_actual.png'}, {out / 'kstep_error.png'}")
+    print(f"  report                    {out / 'report.json'} ({report['wall_s']} s)")
+    return 0 if ok else 1

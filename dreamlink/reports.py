@@ -1,0 +1,109 @@
+"""Report writers: PNG plots and the flight summary, for people (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamlink.calibration.kstep import KStepCurve
+from dreamlink.spec import VehicleSpec, cartpole_balanced
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_ticks(path: Path) -> dict[str, Any]:
+    with np.load(path) as z:
+        data = {k: z[k] for k in z.files}
+    data["spec"] = VehicleSpec.from_dict(json.loads(str(data["spec"])))
+    return data
+
+
+def longest_streak(mask: np.ndarray) -> int:
+    best = run = 0
+    for m in mask:
+        run = run + 1 if m else 0
+        best = max(best, run)
+    return best
+
+
+def cartpole_summary(ticks: dict[str, Any]) -> dict[str, Any]:
+    up = cartpole_balanced(ticks["state"])
+    return {
+        "ticks": len(up),
+        "ticks_balanced": int(up.sum()),
+        "longest_balanced_streak": longest_streak(up),
+        "max_abs_angle_deg": float(np.degrees(np.abs(ticks["state"][:, 2]).max())) if len(up) else float("nan"),
+        "max_abs_cart_pos_m": float(np.abs(ticks["state"][:, 0]).max()) if len(up) else float("nan"),
+    }
+
+
+def plot_kstep(curves: dict[str, KStepCurve], path: Path, tolerance: float | None = None) -> Path:
+    """Error vs horizon: the normalised curve per model/precision, and per component for the first."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, c in curves.items():
+        axes[0].plot(c.k, c.normalised_rmse, marker=".", label=label)
+    if tolerance is not None:
+        axes[0].axhline(tolerance, color="grey", ls="--", lw=1, label=f"tolerance {tolerance:g}")
+    axes[0].set_xlabel("k (control periods imagined ahead)")
+    axes[0].set_ylabel("RMSE / data std (RMS over components)")
+    axes[0].set_title("Compounding prediction error")
+    axes[0].legend()
+    first = next(iter(curves.values()))
+    for i, name in enumerate(first.state_names):
+        axes[1].semilogy(first.k, first.rmse[:, i] / first.scale[i], label=name)
+    axes[1].set_xlabel("k")
+    axes[1].set_ylabel("RMSE / data std")
+    axes[1].set_title("Per component")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_imagined_vs_actual(ticks: dict[str, Any], path: Path, every: int = 50, max_ticks: int = 500) -> Path:
+    """Actual state over time, with the imagined trajectory of every `every`-th tick drawn from it."""
+    plt = _pyplot()
+    spec: VehicleSpec = ticks["spec"]
+    t = ticks["t_s"][:max_ticks] - ticks["t_s"][0]
+    state, imagined = ticks["state"][:max_ticks], ticks["imagined"][:max_ticks]
+    action = ticks["action"][:max_ticks]
+    period = spec.control_period_s
+    n = spec.state_dim
+    fig, axes = plt.subplots(n + 1, 1, figsize=(11, 2.2 * (n + 1)), sharex=True)
+    for i, name in enumerate(spec.state_names):
+        ax = axes[i]
+        ax.plot(t, state[:, i], color="black", lw=1.2, label="actual")
+        for j in range(0, len(t), every):
+            if np.all(np.isfinite(imagined[j])):
+                th = t[j] + period * np.arange(imagined.shape[1])
+                ax.plot(
+                    th,
+                    imagined[j][:, i],
+                    color="tab:orange",
+                    lw=1,
+                    alpha=0.8,
+                    label=f"imagined (every {every} ticks)" if j == 0 else None,
+                )
+        ax.set_ylabel(name)
+        if i == 0:
+            ax.legend(loc="upper right", fontsize=8)
+    axes[n].step(t, action[:, 0], where="post", color="tab:blue", lw=1)
+    axes[n].set_ylabel(spec.action_names[0])
+    axes[n].set_xlabel("time (s)")
+    fig.suptitle("Imagined vs actual trajectories")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

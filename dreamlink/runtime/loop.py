@@ -1,0 +1,201 @@
+"""The fixed-rate control loop: read state, plan, shield, send, record, sleep to the deadline.
+
+`ControlLoop.tick` is the control tick of DESIGN.md, top to bottom. The loop owns what
+carries between ticks (the previous plan, counters); the planner and the shield are
+functions of their inputs. Fallback chain when planning fails or is unusable: the shifted
+previous plan, then the hold action. Every fallback is counted and logged as an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from dreamlink.runtime.clock import Clock
+from dreamlink.runtime.mppi import MppiPlanner, Plan, shift_plan
+from dreamlink.runtime.recorder import FlightRecorder
+from dreamlink.runtime.shield import ShieldLimits, shield
+
+log = logging.getLogger(__name__)
+
+# Where a tick's action came from (recorded per tick as a small integer).
+SOURCE_PLAN, SOURCE_PREVIOUS_PLAN, SOURCE_HOLD = 0, 1, 2
+SOURCE_NAMES = {SOURCE_PLAN: "plan", SOURCE_PREVIOUS_PLAN: "previous_plan", SOURCE_HOLD: "hold"}
+
+
+class Profile(Protocol):
+    """What the loop needs of a vehicle profile (firmware_bridge implements it)."""
+
+    def state(self) -> tuple[float, np.ndarray, float]: ...
+
+    def send(self, action: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rate_hz: float = 50.0
+    stale_limit_s: float = 0.1  # older telemetry is not planned on
+    max_plan_latency_s: float = 0.0  # 0: two control periods; a slower plan is not used
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    @property
+    def plan_latency_limit_s(self) -> float:
+        return self.max_plan_latency_s if self.max_plan_latency_s > 0 else 2.0 * self.period_s
+
+
+@dataclass
+class LoopCounters:
+    """Mutable counters owned by the loop; `LoopStats` is their frozen summary."""
+
+    ticks: int = 0
+    overruns: int = 0  # tick work ended after the next deadline
+    missed_deadlines: int = 0  # deadlines skipped because of overruns
+    stale_ticks: int = 0
+    shield_clipped: int = 0
+    shield_nonfinite: int = 0
+    fallbacks: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    ticks: int
+    duration_s: float
+    achieved_rate_hz: float
+    plan_latency_p50_ms: float
+    plan_latency_p99_ms: float
+    plan_latency_max_ms: float
+    lateness_p50_ms: float
+    lateness_p99_ms: float
+    lateness_max_ms: float
+    overruns: int
+    missed_deadlines: int
+    stale_ticks: int
+    shield_clipped: int
+    shield_nonfinite: int
+    fallbacks: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.percentile(x, q) * 1e3) if len(x) else float("nan")
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        profile: Profile,
+        planner: MppiPlanner,
+        limits: ShieldLimits,
+        clock: Clock,
+        config: LoopConfig,
+        recorder: FlightRecorder | None = None,
+    ) -> None:
+        self.profile, self.planner, self.limits, self.clock = profile, planner, limits, clock
+        self.config, self.recorder = config, recorder
+        self.counters = LoopCounters()
+        self.previous: Plan | None = None
+        self._warm = planner.initial_plan()
+        self._latency: list[float] = []
+        self._lateness: list[float] = []
+
+    def _fallback(self, reason: str, t_s: float) -> tuple[np.ndarray, int]:
+        """Shifted previous plan while one is usable, then hold."""
+        self.counters.fallbacks[reason] = self.counters.fallbacks.get(reason, 0) + 1
+        if self.recorder:
+            self.recorder.event("fallback", t_s, reason=reason)
+        prev = self.previous
+        if prev is not None and t_s - prev.made_at_s < prev.actions.shape[0] * self.config.period_s:
+            return prev.action_at(t_s, self.config.period_s), SOURCE_PREVIOUS_PLAN
+        return np.asarray(self.limits.hold_action, dtype=np.float32), SOURCE_HOLD
+
+    def tick(self, now_s: float, lateness_s: float) -> np.ndarray:
+        """One control tick at `now_s`; returns the action sent."""
+        _, state, age_s = self.profile.state()
+        plan: Plan | None = None
+        latency_s = float("nan")
+        if age_s > self.config.stale_limit_s or not np.all(np.isfinite(state)):
+            self.counters.stale_ticks += 1
+            action, source = self._fallback("stale_state", now_s)
+        else:
+            t0 = time.perf_counter()
+            try:
+                plan = self.planner.plan(state, self._warm, now_s)
+            except Exception as e:  # the model or session failed: fly on without it
+                log.warning("planner failed: %s", e)
+                plan = None
+            latency_s = time.perf_counter() - t0
+            if plan is None:
+                action, source = self._fallback("planner_error", now_s)
+            elif not np.all(np.isfinite(plan.actions)):
+                plan = None
+                action, source = self._fallback("nonfinite_plan", now_s)
+            elif latency_s > self.config.plan_latency_limit_s:
+                plan = None
+                action, source = self._fallback("plan_overrun", now_s)
+            else:
+                action, source = plan.actions[0], SOURCE_PLAN
+        safe = shield(action, self.limits)
+        self.counters.shield_clipped += safe.clipped
+        self.counters.shield_nonfinite += safe.nonfinite
+        self.profile.send(safe.action)
+        if plan is not None:
+            self.previous = plan
+            self._warm = shift_plan(plan.actions)
+        else:
+            self._warm = shift_plan(self._warm)
+        if self.recorder:
+            imagined = plan.imagined if plan is not None else None
+            self.recorder.tick(now_s, state, safe.action, imagined, latency_s, lateness_s, source)
+        self.counters.ticks += 1
+        self._latency.append(latency_s)
+        self._lateness.append(lateness_s)
+        return safe.action
+
+    def run(self, ticks: int, stop: threading.Event | None = None) -> LoopStats:
+        """Run `ticks` ticks (0: until `stop` is set) on the injected clock."""
+        period = self.config.period_s
+        start = deadline = self.clock.now()
+        while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
+            now = self.clock.now()
+            self.tick(now, max(0.0, now - deadline))
+            deadline += period
+            after = self.clock.now()
+            if after > deadline:
+                self.counters.overruns += 1
+                skipped = int((after - deadline) // period)
+                self.counters.missed_deadlines += skipped
+                deadline += skipped * period
+            self.clock.sleep_until(deadline)
+        return self.stats(self.clock.now() - start)
+
+    def stats(self, duration_s: float) -> LoopStats:
+        lat, late = np.array(self._latency), np.array(self._lateness)
+        c = self.counters
+        return LoopStats(
+            ticks=c.ticks,
+            duration_s=duration_s,
+            achieved_rate_hz=c.ticks / duration_s if duration_s > 0 else float("nan"),
+            plan_latency_p50_ms=_pct(lat, 50),
+            plan_latency_p99_ms=_pct(lat, 99),
+            plan_latency_max_ms=_pct(lat, 100),
+            lateness_p50_ms=_pct(late, 50),
+            lateness_p99_ms=_pct(late, 99),
+            lateness_max_ms=_pct(late, 100),
+            overruns=c.overruns,
+            missed_deadlines=c.missed_deadlines,
+            stale_ticks=c.stale_ticks,
+            shield_clipped=c.shield_clipped,
+            shield_nonfinite=c.shield_nonfinite,
+            fallbacks=dict(c.fallbacks),
+        )

@@ -1,0 +1,126 @@
+"""MPPI through an ONNX world model: sample K action sequences around the warm-start plan,
+imagine each H steps ahead, weight them by exp(-cost / temperature), average.
+
+Reads top to bottom as one planning step: noise -> samples -> rollout -> cost -> weights ->
+new plan. The loop owns what carries between ticks (the previous plan); `shift_plan` is the
+warm start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamlink.runtime.session import ModelSession
+from dreamlink.runtime.tasks import QuadraticTask, trajectory_cost
+from dreamlink.spec import VehicleSpec
+
+
+@dataclass(frozen=True)
+class MppiConfig:
+    samples: int = 256  # K
+    horizon: int = 20  # H, control periods
+    noise_sigma: float = 0.3  # as a fraction of each action's half range
+    temperature: float = 1.0  # lambda, in cost units
+
+    def __post_init__(self) -> None:
+        if self.samples < 2 or self.horizon < 1:
+            raise ValueError(f"MppiConfig: need samples >= 2 and horizon >= 1, got {self}")
+        if not (self.noise_sigma > 0 and self.temperature > 0):
+            raise ValueError(f"MppiConfig: noise_sigma and temperature must be > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An immutable plan, stamped with the time and state it was made from."""
+
+    actions: np.ndarray  # [H,A]
+    made_at_s: float
+    from_state: np.ndarray  # [S]
+    imagined: np.ndarray  # [H+1,S] trajectory of the lowest-cost sample
+    best_cost: float
+    disagreement: float  # max ensemble std along the imagined trajectory, in state-range units
+
+    def action_at(self, t_s: float, period_s: float) -> np.ndarray:
+        """The step due at `t_s` (the plan's first step at `made_at_s`)."""
+        k = round((t_s - self.made_at_s) / period_s)
+        return self.actions[min(max(k, 0), len(self.actions) - 1)]
+
+
+def shift_plan(actions: np.ndarray, steps: int = 1) -> np.ndarray:
+    """Warm start: drop the steps already executed, repeat the last one at the end. [H,A] -> [H,A]."""
+    if steps <= 0:
+        return actions.copy()
+    steps = min(steps, len(actions))
+    return np.concatenate([actions[steps:], np.repeat(actions[-1:], steps, axis=0)], axis=0)
+
+
+def mppi_weights(costs: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of -cost/temperature, shifted by the minimum for stability. [K] -> [K]."""
+    z = -(costs - costs.min()) / temperature
+    w = np.exp(z)
+    return w / w.sum()
+
+
+class MppiPlanner:
+    """Holds the session and the preallocated buffers; `plan()` is one planning step."""
+
+    def __init__(
+        self,
+        model: ModelSession,
+        spec: VehicleSpec,
+        task: QuadraticTask,
+        config: MppiConfig,
+        rng: np.random.Generator,
+    ) -> None:
+        task.check(spec)
+        self.model, self.spec, self.task, self.config, self.rng = model, spec, task, config, rng
+        K, H, A, S = config.samples, config.horizon, spec.action_dim, spec.state_dim
+        self._low, self._high = spec.action_low, spec.action_high
+        self._sigma = (config.noise_sigma * (self._high - self._low) / 2.0).astype(np.float32)  # [A]
+        self._state_scale = ((spec.state_high - spec.state_low) / 2.0).astype(np.float32)  # [S]
+        self._noise = np.empty((K, H, A), dtype=np.float32)
+        self._samples = np.empty((K, H, A), dtype=np.float32)
+        self._traj = np.empty((K, H + 1, S), dtype=np.float32)
+        self._spread = np.empty((K, H), dtype=np.float32)
+        self._step_actions = np.empty((K, A), dtype=np.float32)
+
+    def initial_plan(self) -> np.ndarray:
+        """A plan of hold actions (zeros clipped to the limits). [H,A]"""
+        zero = np.clip(np.zeros(self.spec.action_dim, dtype=np.float32), self._low, self._high)
+        return np.repeat(zero[None], self.config.horizon, axis=0)
+
+    def rollout(self, state: np.ndarray, actions: np.ndarray) -> None:
+        """Imagine K futures into `self._traj` [K,H+1,S] by the ensemble mean; spread into `self._spread`."""
+        traj = self._traj
+        traj[:, 0, :] = state
+        for h in range(actions.shape[1]):
+            np.copyto(self._step_actions, actions[:, h, :])
+            pred = self.model.predict(traj[:, h, :], self._step_actions)  # [E,K,S]
+            traj[:, h + 1, :] = pred.mean(axis=0)
+            if pred.shape[0] > 1:
+                self._spread[:, h] = (pred.std(axis=0) / self._state_scale).max(axis=1)
+            else:
+                self._spread[:, h] = 0.0
+
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float) -> Plan:
+        """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A]."""
+        self.rng.standard_normal(dtype=np.float32, out=self._noise)
+        self._noise *= self._sigma
+        self._noise[0] = 0.0  # sample 0 is the warm start itself, so a good plan is never lost
+        np.add(warm[None], self._noise, out=self._samples)
+        np.clip(self._samples, self._low, self._high, out=self._samples)
+        self.rollout(state.astype(np.float32, copy=False), self._samples)
+        costs = trajectory_cost(self.task, self._traj, self._samples)  # [K]
+        w = mppi_weights(costs, self.config.temperature)
+        actions = np.tensordot(w, self._samples, axes=1).astype(np.float32)  # [H,A]
+        best = int(np.argmin(costs))
+        return Plan(
+            actions=actions,
+            made_at_s=t_s,
+            from_state=state.copy(),
+            imagined=self._traj[best].copy(),
+            best_cost=float(costs[best]),
+            disagreement=float(self._spread[best].max()),
+        )

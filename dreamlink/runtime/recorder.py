@@ -1,0 +1,110 @@
+"""The flight recorder: every MAVLink frame into a `.tlog`, events into JSON lines, ticks into npz.
+
+The `.tlog` is the format MAVProxy writes and pymavlink's tools read (`mavlogdump.py`):
+each record is an 8-byte big-endian count of microseconds since 1970, then one raw
+MAVLink frame. Records are flushed to the OS once per tick and events at once, so a
+killed process leaves a readable log (only a record being written at that instant can
+be cut short).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dreamlink.spec import VehicleSpec
+
+log = logging.getLogger(__name__)
+
+TLOG_NAME = "flight.tlog"
+EVENTS_NAME = "events.jsonl"
+TICKS_NAME = "ticks.npz"
+
+
+class FlightRecorder:
+    """One flight's logs in `out_dir`. `tap` is handed to the Link; `tick`/`event` to the loop."""
+
+    def __init__(self, out_dir: Path, spec: VehicleSpec, horizon: int, max_ticks: int) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._tlog = open(self.out_dir / TLOG_NAME, "ab")
+        self._events = open(self.out_dir / EVENTS_NAME, "a", encoding="utf-8")
+        self.frames_written = 0
+        n, S, A = max(max_ticks, 1), spec.state_dim, spec.action_dim
+        # Preallocated: the tick only fills rows. A flight longer than max_ticks keeps its
+        # first max_ticks rows here; the .tlog keeps everything.
+        self._t = np.full(n, np.nan)
+        self._state = np.full((n, S), np.nan, dtype=np.float32)
+        self._action = np.full((n, A), np.nan, dtype=np.float32)
+        self._imagined = np.full((n, horizon + 1, S), np.nan, dtype=np.float32)
+        self._latency = np.full(n, np.nan)
+        self._lateness = np.full(n, np.nan)
+        self._source = np.zeros(n, dtype=np.int8)
+        self._rows = 0
+
+    def tap(self, direction: str, unix_time_s: float, frame: bytes) -> None:
+        """Link tap: one .tlog record per frame, both directions."""
+        stamp = struct.pack(">Q", int(unix_time_s * 1e6))
+        with self._lock:
+            if self._tlog.closed:
+                return
+            self._tlog.write(stamp + frame)
+            self.frames_written += 1
+
+    def event(self, kind: str, t_s: float, **fields: Any) -> None:
+        record = {"t_s": round(t_s, 6), "wall": round(time.time(), 6), "event": kind, **fields}
+        with self._lock:
+            if not self._events.closed:
+                self._events.write(json.dumps(record) + "\n")
+                self._events.flush()
+
+    def tick(
+        self,
+        t_s: float,
+        state: np.ndarray,
+        action: np.ndarray,
+        imagined: np.ndarray | None,
+        latency_s: float,
+        lateness_s: float,
+        source: int,
+    ) -> None:
+        i = self._rows
+        if i < len(self._t):
+            self._t[i], self._latency[i], self._lateness[i], self._source[i] = t_s, latency_s, lateness_s, source
+            self._state[i] = state
+            self._action[i] = action
+            if imagined is not None:
+                self._imagined[i] = imagined
+            self._rows += 1
+        with self._lock:
+            if not self._tlog.closed:
+                self._tlog.flush()
+
+    def close(self) -> Path:
+        n = self._rows
+        path = self.out_dir / TICKS_NAME
+        np.savez_compressed(
+            path,
+            t_s=self._t[:n],
+            state=self._state[:n],
+            action=self._action[:n],
+            imagined=self._imagined[:n],
+            plan_latency_s=self._latency[:n],
+            lateness_s=self._lateness[:n],
+            source=self._source[:n],
+            spec=np.array(json.dumps(self.spec.to_dict())),
+        )
+        with self._lock:
+            self._tlog.close()
+            self._events.close()
+        log.info("flight log: %s (%d frames, %d ticks)", self.out_dir, self.frames_written, n)
+        return path
