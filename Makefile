@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SEED ?= 0
-ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/bundle.py dreamlink/spec.py
+ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
 
-.PHONY: venv demo test lint unit bench clean
+.PHONY: venv demo test lint unit bench image-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint
 # The fast layer: no SITL processes, no training.
 unit: venv
 	$(BIN)/pytest -q -m "not sitl and not slow"
+
+# A real Debian root filesystem (debootstrap, cached) with the overlay and the wheel: the runtime
+# starts from the unit's own ExecStart inside it. Needs root; too slow for CI.
+image-test: venv
+	scripts/image-test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

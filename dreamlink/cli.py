@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,8 +78,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flight_dir(args: argparse.Namespace) -> Path:
+    """--out as given, else a new folder per start under --log-dir (a service restarts; logs must not mix)."""
+    if args.out:
+        return Path(args.out)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return Path(args.log_dir) / f"flight-{stamp}-{os.getpid()}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamlink.demo import print_flight_report
+    from dreamlink.deploy.sdnotify import SdNotifier, WatchdogPet
     from dreamlink.runtime.mppi import MppiConfig
     from dreamlink.runtime.onboard import RunConfig, fly
     from dreamlink.runtime.session import SessionConfig
@@ -98,12 +111,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         rate_hz=args.rate_hz,
         ticks=args.ticks,
         lockstep=args.lockstep,
-        out_dir=Path(args.out),
+        out_dir=_flight_dir(args),
         seed=args.seed,
         planner=planner,
         session=SessionConfig(intra_op_threads=args.threads),
     )
-    result = fly(config)
+    stop = threading.Event()
+    # SIGTERM (systemd stop, kill) ends the flight through the same path as the tick limit, so
+    # the vehicle is released and the logs are closed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    notifier = SdNotifier.from_environ()
+    pet = WatchdogPet(notifier, time.monotonic)
+    try:
+        result = fly(config, stop, on_ready=lambda: notifier.ready("flying"), on_tick=pet)
+    finally:
+        notifier.stopping()
+        notifier.close()
     print_flight_report(result)
     return 0
 
@@ -115,7 +138,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dreamlink", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="dreamlink", description="dreamlink: learned world models onboard drones and robots, over MAVLink."
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -161,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--vehicle", type=_vehicle, default=SPECS["cartpole"], help="vehicle spec for --module")
     e.add_argument("--data", help="held-out transitions (.npz) for the k-step error curve")
     e.add_argument("--horizon", type=_positive_int, default=0, help="planner horizon to record (0: recommended)")
-    e.add_argument("--samples", type=_positive_int, default=256)
+    e.add_argument("--samples", type=_positive_int, default=128)
     e.add_argument("--out", required=True, help="bundle folder to create")
     e.set_defaults(func=cmd_export)
 
@@ -171,12 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rate-hz", type=float, default=0.0, help="control rate (default: the bundle's)")
     r.add_argument("--ticks", type=_positive_int, default=0, help="stop after N ticks (0: until Ctrl-C)")
     r.add_argument("--lockstep", action="store_true", help="run on simulator time (lockstep SITL)")
-    r.add_argument("--out", default="runs/flight", help="flight log folder")
+    r.add_argument("--out", default=None, help="flight log folder (default: a new one under --log-dir)")
+    r.add_argument("--log-dir", default="runs", help="where a new flight-<time>-<pid> folder is made per start")
     r.add_argument("--samples", type=_positive_int, default=0)
     r.add_argument("--horizon", type=_positive_int, default=0)
     r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     r.add_argument("--seed", type=_positive_int, default=0)
     r.set_defaults(func=cmd_run)
+
+    from dreamlink.deploy.cli_commands import add_deploy_commands
+
+    add_deploy_commands(sub)
     return p
 
 

@@ -20,10 +20,10 @@ from dreamlink.spec import VehicleSpec
 
 # Planner settings the demo records in the bundle; chosen so one tick fits well inside
 # 20 ms on one core of a small x86 or a Pi 5 class CPU (measured by the demo's report).
-DEMO_SAMPLES = 256
-HORIZON_MIN, HORIZON_MAX = 10, 25
+DEMO_SAMPLES = 128
+HORIZON_MIN, HORIZON_MAX = 10, 30
 KSTEP_MAX = 50
-KSTEP_TOLERANCE = 0.5  # normalised RMSE; see calibration.kstep
+KSTEP_TOLERANCE = 0.05  # normalised RMSE (error / data std); see calibration.kstep
 
 
 def _bar(total: int, desc: str, unit: str) -> Any:
@@ -110,6 +110,7 @@ def export_bundle(
     from dreamlink.calibration.kstep import kstep_curve, recommend_horizon
     from dreamlink.export.pack import pack_bundle
     from dreamlink.learning.transitions import TransitionSet
+    from dreamlink.runtime.mppi import MppiConfig
     from dreamlink.runtime.session import ModelSession
 
     bundle, parity = pack_bundle(out, spec, model, training=training or {})
@@ -132,7 +133,13 @@ def export_bundle(
             f"k-step error: recommended horizon {recommended} (normalised RMSE < {KSTEP_TOLERANCE}); "
             f"planning with {horizon}"
         )
-    calibration["planner"] = {"samples": samples, "horizon": horizon or 20, "noise_sigma": 0.3, "temperature": 1.0}
+    defaults = MppiConfig()
+    calibration["planner"] = {
+        "samples": samples,
+        "horizon": horizon or defaults.horizon,
+        "noise_sigma": defaults.noise_sigma,
+        "temperature": defaults.temperature,
+    }
     bundle = update_manifest(bundle, calibration=calibration)
     print(f"wrote bundle {bundle.root}")
     return bundle, curve

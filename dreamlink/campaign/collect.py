@@ -86,7 +86,7 @@ def collect_cartpole(
     profile.arm()
     while n < N:
         profile.request_sim_reset(
-            seed=int(rng.integers(2**31 - 1)),
+            seed=int(rng.integers(2**24)),  # COMMAND_LONG params are float32
             max_angle_rad=config.reset_max_angle_rad,
             max_pos_m=config.reset_max_pos_m,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,13 +163,20 @@ class ControlLoop:
         self._lateness.append(lateness_s)
         return safe.action
 
-    def run(self, ticks: int, stop: threading.Event | None = None) -> LoopStats:
-        """Run `ticks` ticks (0: until `stop` is set) on the injected clock."""
+    def run(
+        self, ticks: int, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None
+    ) -> LoopStats:
+        """Run `ticks` ticks (0: until `stop` is set) on the injected clock.
+
+        `on_tick` runs after every tick, on the loop's own thread (e.g. the systemd watchdog: a
+        hung loop must stop petting it)."""
         period = self.config.period_s
         start = deadline = self.clock.now()
         while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
             now = self.clock.now()
             self.tick(now, max(0.0, now - deadline))
+            if on_tick is not None:
+                on_tick()
             deadline += period
             after = self.clock.now()
             if after > deadline:

@@ -19,10 +19,13 @@ from dreamlink.spec import VehicleSpec
 
 @dataclass(frozen=True)
 class MppiConfig:
-    samples: int = 256  # K
-    horizon: int = 20  # H, control periods
-    noise_sigma: float = 0.3  # as a fraction of each action's half range
-    temperature: float = 1.0  # lambda, in cost units
+    """Defaults tuned on the cart-pole balance task (lockstep sweep over K, H, sigma, lambda and
+    4 seeds: H=30 is what re-centres the cart; K=128 keeps a tick near 7 ms on one core)."""
+
+    samples: int = 128  # K
+    horizon: int = 30  # H, control periods
+    noise_sigma: float = 0.2  # as a fraction of each action's half range
+    temperature: float = 0.3  # lambda, in cost units
 
     def __post_init__(self) -> None:
         if self.samples < 2 or self.horizon < 1:

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -54,8 +55,16 @@ class FlightResult:
     link: dict[str, object]
 
 
-def fly(config: RunConfig, stop: threading.Event | None = None) -> FlightResult:
-    """Fly one flight to completion (or `stop`); always releases the vehicle and closes the logs."""
+def fly(
+    config: RunConfig,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> FlightResult:
+    """Fly one flight to completion (or `stop`); always releases the vehicle and closes the logs.
+
+    `on_ready` runs once the vehicle is armed and in control mode (service readiness);
+    `on_tick` after every control tick, on the loop thread (service watchdog)."""
     t_start = time.monotonic()
     bundle = load_bundle(config.bundle)
     spec = bundle.spec
@@ -90,7 +99,9 @@ def fly(config: RunConfig, stop: threading.Event | None = None) -> FlightResult:
         profile.enter_control_mode()
         recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__)
         first_command_s = time.monotonic() - t_start
-        stats = loop.run(config.ticks, stop)
+        if on_ready is not None:
+            on_ready()
+        stats = loop.run(config.ticks, stop, on_tick)
         recorder.event("stats", clock.now(), **stats.to_dict())
     finally:
         try:

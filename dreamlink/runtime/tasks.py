@@ -52,7 +52,7 @@ def cartpole_balance(spec: VehicleSpec) -> QuadraticTask:
     return QuadraticTask(
         name="balance",
         target=(0.0, 0.0, 0.0, 0.0),
-        state_weight=(1.0, 0.1, 20.0, 0.5),
+        state_weight=(2.0, 1.0, 20.0, 0.5),
         action_weight=(1e-3,),
         terminal_weight=5.0,
         walls=((angle, CARTPOLE_BALANCED_ANGLE_RAD), (pos, CARTPOLE_BALANCED_POS_M * 0.9)),

@@ -1,0 +1,427 @@
+"""The MAVLink link: the one object that hides pymavlink (transport, parsing, heartbeats, commands).
+
+Wire protocol: MAVLink 2 with pymavlink's default dialect ("all"). Connect strings (pymavlink's):
+`udp:HOST:PORT` / `udpin:HOST:PORT` listen there (replies go to whoever sent last, the PX4/ArduPilot
+SITL convention), `udpout:HOST:PORT` sends there, `tcp:HOST:PORT` connects, `tcpin:HOST:PORT`
+listens, `serial:/dev/ttyACM0[:BAUD]`, `/dev/ttyACM0` or `/dev/ttyACM0,BAUD` open a serial port
+(needs pyserial; 115200 baud by default). Anything else (log files, executables) is refused.
+
+Threads: `open()` starts a receive thread that parses continuously, keeps the newest message of
+each type with its receive time, feeds subscribers and waiters and counts; and a heartbeat thread
+(HEARTBEAT MAV_TYPE_ONBOARD_CONTROLLER / MAV_AUTOPILOT_INVALID every `heartbeat_period_s`; 0 turns
+it off). Sending is serialised by a lock, so any thread may send through `mav`.
+
+Robustness: on datagram transports (UDP) a datagram holds whole frames, so garbage, CRC failures
+and a frame cut short at the datagram's end are dropped and counted in `rx_bad`; on byte streams
+pymavlink resynchronises on the next start marker. Frames with ids this dialect does not know are
+stepped over and counted in `rx_unknown`. Nothing received ever kills the receive thread.
+
+Time: receive times are `time.monotonic()` seconds (immune to wall-clock steps, comparable with
+the runtime's clock); the `tap` gets `time.time()` because a .tlog stamps frames with Unix time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+# pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
+# when it later sees a v2 frame, under our receive thread's feet). Several messages we rely on
+# (DEBUG_FLOAT_ARRAY id 350, COMMAND_ACK's target fields) exist only in MAVLink 2, so ask for it
+# before the import; if someone imported mavutil earlier without it, reload the v2 dialect once.
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil
+
+if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
+    mavutil.set_dialect(mavutil.current_dialect)
+mavlink: Any = mavutil.mavlink
+
+log = logging.getLogger(__name__)
+
+Tap = Callable[[str, float, bytes], None]
+_SELECT_S = 0.1  # receive-thread poll: bounds how long close() waits for it
+
+
+class LinkError(RuntimeError):
+    """The link cannot be opened or used; the message says which connect string and why."""
+
+
+class LinkTimeout(LinkError, TimeoutError):
+    """No answer in time (a heartbeat, a COMMAND_ACK); the message names what was awaited."""
+
+
+class CommandRefused(LinkError):
+    """A COMMAND_LONG was answered with a result other than MAV_RESULT_ACCEPTED."""
+
+    def __init__(self, command: int, result: int, context: str = "") -> None:
+        self.command, self.result = command, result
+        suffix = f": {context}" if context else ""
+        super().__init__(f"{command_name(command)} refused with {result_name(result)}{suffix}")
+
+
+def command_name(command: int) -> str:
+    entry = mavlink.enums["MAV_CMD"].get(command)
+    return f"{entry.name} ({command})" if entry is not None else f"MAV_CMD {command}"
+
+
+def result_name(result: int) -> str:
+    entry = mavlink.enums["MAV_RESULT"].get(result)
+    return entry.name if entry is not None else f"MAV_RESULT {result}"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Where and as whom to talk MAVLink. See the module docstring for connect strings."""
+
+    connect: str
+    source_system: int = 1
+    source_component: int = 191  # MAV_COMP_ID_ONBOARD_COMPUTER
+    heartbeat_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.connect, str) or not self.connect.strip():
+            raise ValueError(f"LinkConfig.connect: expected a connect string like udp:127.0.0.1:14540, "
+                             f"got {self.connect!r}")
+        if not 1 <= self.source_system <= 255:
+            raise ValueError(f"LinkConfig.source_system: expected 1..255, got {self.source_system!r}")
+        if not 1 <= self.source_component <= 255:
+            raise ValueError(f"LinkConfig.source_component: expected 1..255, got {self.source_component!r}")
+        if not (math.isfinite(self.heartbeat_period_s) and self.heartbeat_period_s >= 0):
+            raise ValueError(f"LinkConfig.heartbeat_period_s: expected seconds >= 0 (0 = off), "
+                             f"got {self.heartbeat_period_s!r}")
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Counters since `open()` (a snapshot)."""
+
+    rx_frames: int = 0  # decoded frames of known types
+    rx_bad: int = 0  # malformed or garbage chunks dropped
+    rx_unknown: int = 0  # well-formed frames with ids this dialect does not know, stepped over
+    tx_frames: int = 0
+    rx_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class _Waiter:
+    __slots__ = ("event", "msg", "predicate")
+
+    def __init__(self, predicate: Callable[[Any], bool] | None) -> None:
+        self.predicate = predicate
+        self.event = threading.Event()
+        self.msg: Any = None
+
+
+def _open_connection(config: LinkConfig) -> Any:
+    text = config.connect.strip()
+    kwargs: dict[str, Any] = {"source_system": config.source_system, "source_component": config.source_component,
+                              "robust_parsing": True}
+    if text.startswith("serial:"):
+        device, _, baud = text[len("serial:"):].partition(":")
+        if not device or (baud and not baud.isdigit()):
+            raise LinkError(f"link {text!r}: expected serial:/dev/DEVICE[:BAUD]")
+        text, kwargs["baud"] = device, int(baud or 115200)
+    elif text.startswith(("udp:", "udpin:", "udpout:", "tcp:", "tcpin:")):
+        _host, sep, port = text.partition(":")[2].rpartition(":")
+        if not sep or not port.isdigit():
+            raise LinkError(f"link {text!r}: expected PREFIX:HOST:PORT, e.g. udp:127.0.0.1:14540")
+    elif not (text.startswith("/dev/") or text.upper().startswith("COM")):
+        raise LinkError(f"link {text!r}: expected udp:/udpin:/udpout:/tcp:/tcpin:HOST:PORT, "
+                        f"serial:/dev/DEVICE[:BAUD] or a /dev/ path")
+    try:
+        return mavutil.mavlink_connection(text, **kwargs)
+    except ModuleNotFoundError as exc:
+        raise LinkError(f"link {text!r}: {exc}; serial links need `pip install pyserial`") from exc
+    except Exception as exc:  # OSError, serial.SerialException, socket.gaierror ...
+        raise LinkError(f"link {text!r}: cannot open ({exc})") from exc
+
+
+class Link:
+    """A MAVLink connection with a receive thread, a heartbeat thread and the newest message per type."""
+
+    def __init__(self, config: LinkConfig, tap: Tap | None = None) -> None:
+        self.config = config
+        self._tap = tap
+        self._conn: Any = None
+        self._datagrams = False
+        self._parser: Any = None
+        self._lock = threading.Lock()  # newest-message table, counters, subscribers, waiters
+        self._send_lock = threading.Lock()  # pymavlink's encoder (sequence numbers) is not thread-safe
+        self._latest: dict[str, tuple[Any, float]] = {}
+        self._subscribers: dict[str, tuple[Callable[[Any, float], None], ...]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._rx_by_type: dict[str, int] = {}
+        self._rx_frames = self._rx_bad = self._rx_unknown = self._tx_frames = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_warning = -math.inf
+        self._udp_server = False
+        self._peer: tuple[str, int] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> Link:
+        if self._conn is not None:
+            raise LinkError(f"link {self.config.connect!r}: already open")
+        conn = _open_connection(self.config)
+        self._datagrams = isinstance(conn, mavutil.mavudp)
+        self._udp_server = self._datagrams and bool(getattr(conn, "udp_server", False))
+        if self._udp_server:
+            # pymavlink's listening UDP socket sends to every address that ever sent it a datagram
+            # (garbage included) and iterates that set while the receive thread grows it. A link
+            # has one peer: the address of the newest *valid* MAVLink frame.
+            conn.write = self._write_to_peer
+        self._parser = self._new_parser()
+        conn.mav.send = self._send  # every *_send() of the encoder goes through the lock and the tap
+        self._conn = conn
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._rx_loop, name=f"mavlink-rx {self.config.connect}", daemon=True)]
+        if self.config.heartbeat_period_s > 0:
+            self._threads.append(threading.Thread(target=self._heartbeat_loop, daemon=True,
+                                                  name=f"mavlink-heartbeat {self.config.connect}"))
+        for thread in self._threads:
+            thread.start()
+        log.info("link open on %s as %d/%d", self.config.connect, self.config.source_system,
+                 self.config.source_component)
+        return self
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+        try:
+            self._conn.close()
+        except Exception as exc:
+            log.debug("closing %s: %s", self.config.connect, exc)
+        self._conn = None
+        with self._lock:
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter.event.set()
+
+    def __enter__(self) -> Link:
+        return self.open() if self._conn is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def subscribe(self, msg_type: str, callback: Callable[[Any, float], None]) -> None:
+        """Call `callback(msg, recv_monotonic_s)` from the receive thread for every `msg_type` message.
+
+        Keep it short: it runs on the receive thread; exceptions are logged, not propagated."""
+        with self._lock:
+            self._subscribers[msg_type] = (*self._subscribers.get(msg_type, ()), callback)
+
+    def latest(self, msg_type: str) -> tuple[Any, float] | None:
+        """The newest `msg_type` message and its receive time (monotonic s), or None."""
+        with self._lock:
+            return self._latest.get(msg_type)
+
+    def wait_for(self, msg_type: str, timeout_s: float, predicate: Callable[[Any], bool] | None = None) -> Any | None:
+        """The first `msg_type` message arriving after this call (matching `predicate`), or None on timeout."""
+        waiter = self._expect(msg_type, predicate)
+        return self._await(msg_type, waiter, timeout_s)
+
+    def _expect(self, msg_type: str, predicate: Callable[[Any], bool] | None) -> _Waiter:
+        waiter = _Waiter(predicate)
+        with self._lock:
+            self._waiters.setdefault(msg_type, []).append(waiter)
+        return waiter
+
+    def _await(self, msg_type: str, waiter: _Waiter, timeout_s: float) -> Any | None:
+        waiter.event.wait(timeout_s)
+        with self._lock:
+            waiters = self._waiters.get(msg_type, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+        return waiter.msg
+
+    def _new_parser(self) -> Any:
+        parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
+        parser.robust_parsing = True
+        return parser
+
+    def _rx_loop(self) -> None:
+        conn = self._conn
+        while not self._stop.is_set():
+            try:
+                if not conn.select(_SELECT_S):
+                    continue
+                if self._udp_server:
+                    data, addr = conn.port.recvfrom(65535)
+                else:
+                    data, addr = (conn.recv() if self._datagrams else conn.recv(4096)), None
+            except Exception as exc:  # a closed port, a reset TCP peer, an unplugged USB cable
+                self._warn("receive on %s failed: %s", self.config.connect, exc)
+                self._stop.wait(_SELECT_S)
+                continue
+            if data:
+                valid = self._feed(bytes(data) if isinstance(data, (bytes, bytearray)) else data.encode("latin-1"))
+                if valid and addr is not None and addr != self._peer:
+                    log.info("link %s: peer is %s:%d", self.config.connect, addr[0], addr[1])
+                    self._peer = addr
+
+    def _write_to_peer(self, buf: bytes) -> None:
+        peer = self._peer
+        if peer is not None:
+            self._conn.port.sendto(buf, peer)
+
+    def _feed(self, data: bytes) -> int:
+        """Parse one chunk; returns the number of valid frames delivered."""
+        bad, reason = 0, ""
+        try:
+            messages = self._parser.parse_buffer(data) or []
+            if self._datagrams and self._parser.buf_len() > 0:
+                bad, reason = 1, "frame cut short at the datagram's end"
+                self._parser = self._new_parser()
+        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
+            messages, bad, reason = [], 1, f"parser error: {exc}"
+            self._parser = self._new_parser()
+        valid = 0
+        for msg in messages:
+            msg_id = msg.get_msgId()
+            if msg_id == mavlink.MAVLINK_MSG_ID_BAD_DATA:
+                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
+            elif msg_id == mavlink.MAVLINK_MSG_ID_UNKNOWN:
+                with self._lock:
+                    self._rx_unknown += 1
+            else:
+                valid += 1
+                self._deliver(msg)
+        if bad:
+            with self._lock:
+                self._rx_bad += bad
+                total = self._rx_bad
+            self._warn("dropped malformed MAVLink data on %s (%d so far; latest: %s)", self.config.connect, total,
+                       reason)
+        return valid
+
+    def _deliver(self, msg: Any) -> None:
+        recv_s = time.monotonic()
+        msg_type = msg.get_type()
+        with self._lock:
+            self._latest[msg_type] = (msg, recv_s)
+            self._rx_frames += 1
+            self._rx_by_type[msg_type] = self._rx_by_type.get(msg_type, 0) + 1
+            subscribers = self._subscribers.get(msg_type, ())
+            waiters = tuple(self._waiters.get(msg_type, ()))
+        for waiter in waiters:  # predicates are user code: run them outside the lock
+            if self._matches(waiter, msg):
+                with self._lock:
+                    registered = self._waiters.get(msg_type, [])
+                    if waiter not in registered:
+                        continue  # timed out meanwhile
+                    registered.remove(waiter)
+                    waiter.msg = msg
+                waiter.event.set()
+        for callback in subscribers:
+            try:
+                callback(msg, recv_s)
+            except Exception:
+                log.exception("subscriber %r for %s failed", callback, msg_type)
+        self._call_tap("rx", msg.get_msgbuf())
+
+    def _matches(self, waiter: _Waiter, msg: Any) -> bool:
+        if waiter.predicate is None:
+            return True
+        try:
+            return bool(waiter.predicate(msg))
+        except Exception:
+            log.exception("wait_for predicate failed on %s", msg.get_type())
+            return False
+
+    # -- sending -------------------------------------------------------------------------------
+
+    @property
+    def mav(self) -> Any:
+        """pymavlink's encoder for this link (`link.mav.xxx_send(...)`); for firmware_bridge code only."""
+        if self._conn is None:
+            raise LinkError(f"link {self.config.connect!r}: not open; call open() first")
+        return self._conn.mav
+
+    def _send(self, msg: Any, force_mavlink1: bool = False) -> None:
+        conn = self._conn
+        if conn is None:
+            raise LinkError(f"link {self.config.connect!r}: closed; cannot send {msg.get_type()}")
+        with self._send_lock:
+            type(conn.mav).send(conn.mav, msg, force_mavlink1=force_mavlink1)
+        with self._lock:
+            self._tx_frames += 1
+        self._call_tap("tx", msg.get_msgbuf())
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.mav.heartbeat_send(mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_AUTOPILOT_INVALID, 0, 0,
+                                        mavlink.MAV_STATE_ACTIVE)
+            except Exception as exc:
+                self._warn("heartbeat on %s failed: %s", self.config.connect, exc)
+            self._stop.wait(self.config.heartbeat_period_s)
+
+    def command_long(self, target_system: int, target_component: int, command: int, params: Sequence[float],
+                     timeout_s: float = 1.0, retries: int = 2) -> int:
+        """Send COMMAND_LONG and return the MAV_RESULT of its COMMAND_ACK.
+
+        Up to 1 + `retries` sends (confirmation counting up), `timeout_s` each; an IN_PROGRESS ack
+        extends the wait for the final one. Raises LinkTimeout naming the command if no ack came."""
+        if len(params) > 7:
+            raise ValueError(f"command_long {command_name(command)}: at most 7 params, got {len(params)}")
+        p = [float(v) for v in params] + [0.0] * (7 - len(params))
+
+        def is_ack(ack: Any) -> bool:
+            return (ack.command == command
+                    and (target_system == 0 or ack.get_srcSystem() == target_system)
+                    and (target_component == 0 or ack.get_srcComponent() == target_component)
+                    and ack.target_system in (0, self.config.source_system)
+                    and ack.target_component in (0, self.config.source_component))
+
+        for confirmation in range(retries + 1):
+            waiter = self._expect("COMMAND_ACK", is_ack)
+            self.mav.command_long_send(target_system, target_component, command, confirmation, *p)
+            ack = self._await("COMMAND_ACK", waiter, timeout_s)
+            while ack is not None and ack.result == mavlink.MAV_RESULT_IN_PROGRESS:
+                ack = self.wait_for("COMMAND_ACK", timeout_s, is_ack)
+            if ack is not None:
+                return int(ack.result)
+            if not self.is_open:
+                break
+        raise LinkTimeout(f"{command_name(command)} to {target_system}/{target_component} on {self.config.connect}: "
+                          f"no COMMAND_ACK after {retries + 1} tries of {timeout_s:.2f} s; is the vehicle connected "
+                          f"and sending to this link?")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> LinkStats:
+        with self._lock:
+            return LinkStats(rx_frames=self._rx_frames, rx_bad=self._rx_bad, rx_unknown=self._rx_unknown,
+                             tx_frames=self._tx_frames, rx_by_type=dict(self._rx_by_type))
+
+    def _call_tap(self, direction: str, frame: bytes) -> None:
+        if self._tap is None:
+            return
+        try:
+            self._tap(direction, time.time(), bytes(frame))
+        except Exception as exc:
+            self._warn("tap failed on a %s frame: %s", direction, exc)
+
+    def _warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 5.0:  # garbage can arrive at line rate; the counters keep the total
+            self._last_warning = now
+            log.warning(msg, *args)

@@ -1,0 +1,26 @@
+"""`python -m dreamlink.sim VEHICLE ...`: start one SITL vehicle process (see each vehicle's module)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+def _cartpole(argv: list[str]) -> int:
+    from dreamlink.sim.motor_board import main
+
+    return main(argv)
+
+
+VEHICLES: dict[str, Callable[[list[str]], int]] = {"cartpole": _cartpole}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in VEHICLES:
+        sys.stderr.write(f"usage: python -m dreamlink.sim {{{','.join(VEHICLES)}}} --out udp:HOST:PORT [options]\n")
+        return 2
+    return VEHICLES[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

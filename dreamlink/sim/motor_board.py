@@ -1,0 +1,533 @@
+"""Cart-pole motor board SITL: a separate process that speaks MAVLink 2 over UDP like the real board.
+
+Protocol (the real motor board firmware implements the same; `dreamlink.firmware_bridge.motor_board`
+is the client side):
+
+- Identity: sysid 1, compid 1 (MAV_COMP_ID_AUTOPILOT1). HEARTBEAT at 1 Hz: type MAV_TYPE_GENERIC,
+  autopilot MAV_AUTOPILOT_GENERIC, base_mode = MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, plus
+  MAV_MODE_FLAG_SAFETY_ARMED while armed; system_status MAV_STATE_STANDBY (disarmed) or
+  MAV_STATE_ACTIVE (armed); custom_mode bit 0 set when the SITL runs in lockstep.
+- Telemetry: DEBUG_FLOAT_ARRAY (id 350), name "CARTPOLE", array_id 0, time_usec = board clock (board
+  time since start, µs), data[0:4] = [cart_pos_m, cart_vel_mps, pole_angle_rad, pole_rate_radps]
+  (order of `dreamlink.spec.CARTPOLE.state`), data[4] = force applied during the last physics period
+  (N), data[5] = 1.0 if armed else 0.0, data[6] = episode (resets since start, see MAV_CMD_USER_1).
+  Streamed at the control rate (50 Hz) by default; MAV_CMD_SET_MESSAGE_INTERVAL param1=350,
+  param2=interval µs (-1 stops, 0 restores the default; under 1 ms is raised to 1 ms) -> ACK
+  ACCEPTED; any other message id -> ACK DENIED (the command is supported, that message is not
+  streamable). In lockstep the interval is stored but telemetry follows the steps.
+- SET_ACTUATOR_CONTROL_TARGET (id 139), group_mlx 0: controls[0] = normalised force in [-1, 1],
+  force_n = controls[0] * max_force_n (10 N). Out-of-range values are clipped, NaN becomes 0; both
+  are counted. Applied only while armed. Real time: no target for 0.2 s of board time -> force 0
+  (logged once per lapse, counted). Other groups are ignored (counted).
+- COMMAND_LONG: MAV_CMD_COMPONENT_ARM_DISARM (param1 1 = arm, 0 = disarm) -> ACCEPTED;
+  MAV_CMD_USER_1 (31010, SITL only) resets the cart-pole to a random near-upright state:
+  param1 = seed (NaN = continue the board's generator; else an integer >= 0), param2 = max |angle|
+  rad (0/NaN -> 0.05), param3 = max |position| m (NaN -> 0); cart velocity and pole rate are drawn
+  in +/-0.05 like Gymnasium; the episode counter in data[6] goes up by one; the board clock keeps
+  running -> ACCEPTED, or DENIED for out-of-range parameters. Unknown commands (and any
+  COMMAND_INT) -> MAV_RESULT_UNSUPPORTED. Commands are answered only when target_system /
+  target_component match the board or are 0 (broadcast).
+- Fixture: the pole rests upright-ish in its start state until the board is first armed (as on a
+  real rig, where the pole is held until control starts); `--no-hold` lets it fall from start.
+- Timing. Real time: physics advances one control period per period of the monotonic wall clock,
+  telemetry goes out at the stream interval, the newest command is held. Lockstep (`--lockstep`):
+  nothing advances until a SET_ACTUATOR_CONTROL_TARGET arrives; each one advances exactly one
+  control period (0.02 s of board time) with its force (zero while disarmed: the target is still the
+  clock tick) and is answered by one DEBUG_FLOAT_ARRAY.
+  The board also sends its current state right after ARM_DISARM and after a reset, and once a wall
+  second with the heartbeat, so a client can start. The command timeout does not apply.
+- Transport: one UDP socket; everything is sent to `--out` (like PX4 SITL sending to a companion's
+  port 14540) and whatever arrives on that socket is accepted. A datagram is a whole number of
+  frames: garbage, CRC failures and bytes left over at a datagram's end are dropped and counted,
+  with a rate-limited warning; never fatal.
+
+Entry: `python -m dreamlink.sim cartpole --out udp:127.0.0.1:PORT [--lockstep] [--seed N]
+[--rate-hz 50]`; `main(argv)` is what `dreamlink sitl cartpole ...` calls. SIGTERM/SIGINT exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import logging
+import math
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
+
+# pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
+# if it later sees a v2 frame). DEBUG_FLOAT_ARRAY has id 350, which MAVLink 1 cannot carry, so ask
+# for MAVLink 2 before the import; if someone imported mavutil earlier without it, reload the v2
+# dialect once here rather than let it switch mid-flight.
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil
+
+if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
+    mavutil.set_dialect(mavutil.current_dialect)
+mavlink: Any = mavutil.mavlink
+
+log = logging.getLogger(__name__)
+
+BOARD_SYSTEM_ID = 1
+BOARD_COMPONENT_ID = mavlink.MAV_COMP_ID_AUTOPILOT1
+TELEMETRY_NAME = "CARTPOLE"
+TELEMETRY_MSG_ID = mavlink.MAVLINK_MSG_ID_DEBUG_FLOAT_ARRAY
+CUSTOM_MODE_LOCKSTEP = 1
+MIN_STREAM_INTERVAL_US = 1000
+DEFAULT_RESET_ANGLE_RAD = 0.05
+HEARTBEAT_PERIOD_S = 1.0
+MAX_LAG_S = 0.25  # further behind the wall clock than this (process stalled): skip ahead, don't burst
+_DEBUG_ARRAY_LEN = 58
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """How one SITL motor board runs. `rate_hz` is the control (physics) rate; telemetry defaults to it."""
+
+    out_host: str = "127.0.0.1"
+    out_port: int = 14540
+    bind_host: str = ""  # "" = 127.0.0.1 when out_host is loopback, else all interfaces
+    bind_port: int = 0
+    lockstep: bool = False
+    seed: int = 0
+    rate_hz: float = 50.0
+    sensor_noise_std: float = 0.0  # added to the four telemetry state values, in their own units
+    command_timeout_s: float = 0.2
+    # Like a real rig, the pole rests in its fixture until the board is first armed, so a
+    # real-time SITL started seconds before the runtime connects still starts near upright.
+    hold_until_armed: bool = True
+    physics: CartpoleParams = field(default_factory=CartpoleParams)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.out_port < 65536:
+            raise ValueError(f"BoardConfig.out_port: expected 1..65535, got {self.out_port!r}")
+        if not 0 <= self.bind_port < 65536:
+            raise ValueError(f"BoardConfig.bind_port: expected 0..65535, got {self.bind_port!r}")
+        if not (math.isfinite(self.rate_hz) and 1.0 <= self.rate_hz <= 1000.0):
+            raise ValueError(f"BoardConfig.rate_hz: expected 1..1000 Hz, got {self.rate_hz!r}")
+        if not (math.isfinite(self.sensor_noise_std) and self.sensor_noise_std >= 0):
+            raise ValueError(f"BoardConfig.sensor_noise_std: expected >= 0, got {self.sensor_noise_std!r}")
+        if not (math.isfinite(self.command_timeout_s) and self.command_timeout_s > 0):
+            raise ValueError(f"BoardConfig.command_timeout_s: expected > 0 s, got {self.command_timeout_s!r}")
+        if self.seed < 0:
+            raise ValueError(f"BoardConfig.seed: expected an integer >= 0, got {self.seed!r}")
+
+    @property
+    def period_us(self) -> int:
+        return round(1e6 / self.rate_hz)
+
+
+@dataclass
+class BoardCounters:
+    """What the board counted since start (logged at exit)."""
+
+    steps: int = 0
+    rx_frames: int = 0
+    rx_bad: int = 0
+    rx_unknown: int = 0
+    tx_frames: int = 0
+    tx_errors: int = 0
+    commands_nan: int = 0
+    commands_clipped: int = 0
+    commands_ignored: int = 0
+    command_timeouts: int = 0
+    wall_clock_skips: int = 0
+    rx_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class RateLimitedLog:
+    """Logs at most one warning per `period_s`; the caller's message carries the running totals."""
+
+    def __init__(self, logger: logging.Logger, period_s: float = 5.0) -> None:
+        self._logger, self._period_s, self._last = logger, period_s, -math.inf
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._period_s:
+            self._last = now
+            self._logger.warning(msg, *args)
+
+
+def new_parser() -> Any:
+    """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
+    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
+    parser.robust_parsing = True
+    return parser
+
+
+class _Writer:
+    """The file-like object pymavlink's encoder writes packed frames to."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+
+
+class MotorBoard:
+    """The board's behaviour, transport-free: feed it datagrams, call `advance()` on the clock.
+
+    `write(frame_bytes)` sends one packed frame. Not thread-safe: one loop owns it.
+    """
+
+    def __init__(self, config: BoardConfig, write: Callable[[bytes], None],
+                 counters: BoardCounters | None = None) -> None:
+        self.config = config
+        self.counters = counters if counters is not None else BoardCounters()
+        self._write = write
+        self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=BOARD_SYSTEM_ID,
+                                    srcComponent=BOARD_COMPONENT_ID)
+        self._parser = new_parser()
+        self._rng = np.random.default_rng(config.seed)
+        self._noise_rng = np.random.default_rng([config.seed, 1])
+        self.state = random_state(self._rng, DEFAULT_RESET_ANGLE_RAD, 0.05)  # Gymnasium's start
+        self.time_us = 0
+        self.armed = False
+        self._released = not config.hold_until_armed
+        self.episode = 0  # resets since start: lets a client tell post-reset states from older ones
+        self.force_n = 0.0
+        self._command = 0.0  # normalised, held until replaced, zeroed on timeout/disarm
+        self._last_command_us = 0
+        self._timed_out = False
+        self.stream_interval_us: int | None = config.period_us
+        self._telemetry = [0.0] * _DEBUG_ARRAY_LEN
+        self._bad_log = RateLimitedLog(log)
+
+    # -- clock ---------------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        """Advance the physics by one control period with the force the board applies now."""
+        force_n = 0.0
+        if self.armed:
+            lapse_us = self.time_us - self._last_command_us
+            if not self.config.lockstep and lapse_us > self.config.command_timeout_s * 1e6:
+                if not self._timed_out:
+                    self._timed_out = True
+                    self.counters.command_timeouts += 1
+                    log.warning("no actuator target for %.3f s of board time: force set to 0", lapse_us / 1e6)
+            else:
+                force_n = self._command * self.config.physics.max_force_n
+        self.force_n = force_n
+        if self._released:
+            self.state = step(self.state, force_n, self.config.period_us / 1e6, self.config.physics)
+        self.time_us += self.config.period_us
+        self.counters.steps += 1
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def send_heartbeat(self) -> None:
+        base_mode = mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED
+        if self.armed:
+            base_mode |= mavlink.MAV_MODE_FLAG_SAFETY_ARMED
+        status = mavlink.MAV_STATE_ACTIVE if self.armed else mavlink.MAV_STATE_STANDBY
+        custom_mode = CUSTOM_MODE_LOCKSTEP if self.config.lockstep else 0
+        self._mav.heartbeat_send(mavlink.MAV_TYPE_GENERIC, mavlink.MAV_AUTOPILOT_GENERIC, base_mode, custom_mode,
+                                 status)
+
+    def send_state(self) -> None:
+        data = self._telemetry
+        noise = self.config.sensor_noise_std
+        offsets = self._noise_rng.normal(0.0, noise, 4) if noise > 0 else (0.0, 0.0, 0.0, 0.0)
+        for i in range(4):
+            data[i] = float(self.state[i] + offsets[i])
+        data[4] = self.force_n
+        data[5] = 1.0 if self.armed else 0.0
+        data[6] = float(self.episode)
+        self._mav.debug_float_array_send(self.time_us, TELEMETRY_NAME.encode(), 0, data)
+
+    def _send_frame(self, frame: bytes) -> None:
+        self.counters.tx_frames += 1
+        self._write(frame)
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def receive(self, datagram: bytes) -> None:
+        """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped)."""
+        bad, reason = 0, ""
+        try:
+            messages = self._parser.parse_buffer(datagram) or []
+            if self._parser.buf_len() > 0:  # a frame cut short: datagrams never continue
+                bad, reason = bad + 1, "truncated frame at datagram end"
+                self._parser = new_parser()
+        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
+            messages, bad, reason = [], bad + 1, f"parser error: {exc}"
+            self._parser = new_parser()
+        for msg in messages:
+            msg_type = msg.get_type()
+            if msg_type == "BAD_DATA":
+                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
+                continue
+            if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
+                self.counters.rx_unknown += 1
+                continue
+            self.counters.rx_frames += 1
+            self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
+            self._dispatch(msg_type, msg)
+        if bad:
+            self.counters.rx_bad += bad
+            self._bad_log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad,
+                                  reason)
+
+    def _for_me(self, target_system: int, target_component: int) -> bool:
+        return target_system in (0, BOARD_SYSTEM_ID) and target_component in (0, BOARD_COMPONENT_ID)
+
+    def _dispatch(self, msg_type: str, msg: Any) -> None:
+        if msg_type == "SET_ACTUATOR_CONTROL_TARGET":
+            if self._for_me(msg.target_system, msg.target_component):
+                self._on_actuator_target(msg)
+        elif msg_type == "COMMAND_LONG":
+            if self._for_me(msg.target_system, msg.target_component):
+                result = self._on_command(msg.command, (msg.param1, msg.param2, msg.param3))
+                self._mav.command_ack_send(msg.command, result, 0, 0, msg.get_srcSystem(), msg.get_srcComponent())
+                if result == mavlink.MAV_RESULT_ACCEPTED and self.config.lockstep and msg.command in (
+                        mavlink.MAV_CMD_COMPONENT_ARM_DISARM, mavlink.MAV_CMD_USER_1):
+                    self.send_state()
+        elif msg_type == "COMMAND_INT":
+            if self._for_me(msg.target_system, msg.target_component):
+                self._mav.command_ack_send(msg.command, mavlink.MAV_RESULT_UNSUPPORTED, 0, 0, msg.get_srcSystem(),
+                                           msg.get_srcComponent())
+
+    def _on_actuator_target(self, msg: Any) -> None:
+        if msg.group_mlx != 0:
+            self.counters.commands_ignored += 1
+            return
+        value = float(msg.controls[0])
+        if math.isnan(value):
+            self.counters.commands_nan += 1
+            value = 0.0
+        elif not -1.0 <= value <= 1.0:
+            self.counters.commands_clipped += 1
+            value = min(1.0, max(-1.0, value))
+        self._command = value
+        self._last_command_us = self.time_us
+        if self._timed_out:
+            self._timed_out = False
+            log.info("actuator targets resumed")
+        if self.config.lockstep:
+            self.advance()
+            self.send_state()
+
+    def _on_command(self, command: int, params: Sequence[float]) -> int:
+        if command == mavlink.MAV_CMD_COMPONENT_ARM_DISARM:
+            if params[0] not in (0.0, 1.0):
+                return int(mavlink.MAV_RESULT_DENIED)
+            self.armed = params[0] == 1.0
+            self._released = self._released or self.armed
+            self._command, self.force_n = 0.0, 0.0
+            self._last_command_us, self._timed_out = self.time_us, False
+            log.info("%s at board time %.3f s", "armed" if self.armed else "disarmed", self.time_us / 1e6)
+            return int(mavlink.MAV_RESULT_ACCEPTED)
+        if command == mavlink.MAV_CMD_SET_MESSAGE_INTERVAL:
+            return self._set_interval(params[0], params[1])
+        if command == mavlink.MAV_CMD_USER_1:
+            return self._reset(params[0], params[1], params[2])
+        return int(mavlink.MAV_RESULT_UNSUPPORTED)
+
+    def _set_interval(self, msg_id: float, interval_us: float) -> int:
+        if msg_id != TELEMETRY_MSG_ID or math.isnan(interval_us) or interval_us < -1:
+            return int(mavlink.MAV_RESULT_DENIED)
+        if interval_us == -1:
+            self.stream_interval_us = None
+        elif interval_us == 0:
+            self.stream_interval_us = self.config.period_us
+        else:
+            self.stream_interval_us = max(MIN_STREAM_INTERVAL_US, round(interval_us))
+        return int(mavlink.MAV_RESULT_ACCEPTED)
+
+    def _reset(self, seed: float, max_angle_rad: float, max_pos_m: float) -> int:
+        if math.isnan(max_angle_rad) or max_angle_rad == 0:
+            max_angle_rad = DEFAULT_RESET_ANGLE_RAD
+        if math.isnan(max_pos_m):
+            max_pos_m = 0.0
+        seed_ok = math.isnan(seed) or (math.isfinite(seed) and seed >= 0 and seed == int(seed))
+        if (not seed_ok or not 0 < max_angle_rad <= math.pi
+                or not 0 <= max_pos_m < self.config.physics.track_limit_m):
+            return int(mavlink.MAV_RESULT_DENIED)
+        if not math.isnan(seed):
+            self._rng = np.random.default_rng(int(seed))
+        self.state = random_state(self._rng, max_angle_rad, max_pos_m)
+        self.episode += 1
+        self._command, self.force_n = 0.0, 0.0
+        self._last_command_us, self._timed_out = self.time_us, False
+        log.info("reset to %s at board time %.3f s", np.array2string(self.state, precision=4), self.time_us / 1e6)
+        return int(mavlink.MAV_RESULT_ACCEPTED)
+
+
+def run_board(config: BoardConfig, should_stop: Callable[[], bool], wake_socks: Sequence[socket.socket] = (),
+              clock: Callable[[], float] = time.monotonic) -> BoardCounters:
+    """Serve one board on UDP until `should_stop()`; `wake_socks` are drained when readable (signal wake-up)."""
+    out_addr = (socket.gethostbyname(config.out_host), config.out_port)
+    bind_host = config.bind_host or ("127.0.0.1" if ipaddress.ip_address(out_addr[0]).is_loopback else "0.0.0.0")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((bind_host, config.bind_port))
+        sock.setblocking(False)
+        counters = BoardCounters()
+        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters)
+        log.info("cart-pole motor board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d)", *sock.getsockname(),
+                 *out_addr, "lockstep" if config.lockstep else "real time", config.rate_hz, config.seed)
+        _serve(board, sock, should_stop, wake_socks, clock)
+        return board.counters
+    finally:
+        sock.close()
+
+
+def _sendto(sock: socket.socket, frame: bytes, addr: tuple[str, int], counters: BoardCounters) -> None:
+    try:
+        sock.sendto(frame, addr)
+    except OSError:  # nobody listening yet (ICMP refused) or buffer full: UDP, the client catches up
+        counters.tx_errors += 1
+
+
+def _serve(board: MotorBoard, sock: socket.socket, should_stop: Callable[[], bool],
+           wake_socks: Sequence[socket.socket], clock: Callable[[], float]) -> None:
+    period_s = board.config.period_us / 1e6
+    realtime = not board.config.lockstep
+    start = clock()
+    next_heartbeat, next_step = start, start + period_s
+    next_telemetry, telemetry_interval_us = next_step, board.stream_interval_us
+    readers = [sock, *wake_socks]
+    while not should_stop():
+        now = clock()
+        if now >= next_heartbeat:
+            board.send_heartbeat()
+            if not realtime:
+                board.send_state()
+            next_heartbeat = _next_deadline(next_heartbeat, HEARTBEAT_PERIOD_S, now)
+        deadline = next_heartbeat
+        if realtime:
+            if now - next_step > MAX_LAG_S:
+                board.counters.wall_clock_skips += 1
+                log.warning("physics %.3f s behind the wall clock: skipping ahead", now - next_step)
+                next_step = now
+            while now >= next_step:
+                board.advance()
+                next_step += period_s
+            if board.stream_interval_us != telemetry_interval_us:
+                telemetry_interval_us, next_telemetry = board.stream_interval_us, now
+            if telemetry_interval_us is not None:
+                if now >= next_telemetry:
+                    board.send_state()
+                    next_telemetry = _next_deadline(next_telemetry, telemetry_interval_us / 1e6, now)
+                deadline = min(deadline, next_telemetry)
+            deadline = min(deadline, next_step)
+        readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
+        for ready in readable:
+            if ready is sock:
+                _drain(board, sock)
+            else:
+                try:
+                    ready.recv(4096)
+                except OSError:
+                    pass
+
+
+def _next_deadline(deadline: float, period_s: float, now: float) -> float:
+    """Keep the phase while on time; after a stall, restart from now instead of bursting to catch up."""
+    deadline += period_s
+    return deadline if deadline > now else now + period_s
+
+
+def _drain(board: MotorBoard, sock: socket.socket, max_datagrams: int = 256) -> None:
+    for _ in range(max_datagrams):  # bounded, so a flood cannot starve the physics clock
+        try:
+            datagram = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # e.g. ECONNREFUSED reported for an earlier send: not about this datagram
+            continue
+        board.receive(datagram)
+
+
+def _parse_udp_address(text: str, what: str) -> tuple[str, int]:
+    address = text
+    for prefix in ("udpout:", "udp:"):
+        if address.startswith(prefix):
+            address = address[len(prefix):]
+            break
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected udp:HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _parse_param(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    names = [f.name for f in dataclasses.fields(CartpoleParams)]
+    if not sep or name not in names:
+        raise argparse.ArgumentTypeError(f"--param: expected NAME=VALUE with NAME one of {names}, got {text!r}")
+    try:
+        return name, (int(value) if name == "substeps" else float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--param {name}: expected a number, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dreamlink.sim cartpole",
+                                description="Cart-pole motor board SITL speaking MAVLink 2 over UDP.")
+    p.add_argument("vehicle", nargs="?", default="cartpole", choices=["cartpole"])
+    p.add_argument("--out", required=True, type=lambda s: _parse_udp_address(s, "--out"),
+                   help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
+    p.add_argument("--bind", type=lambda s: _parse_udp_address(s, "--bind"), default=None,
+                   help="own socket, HOST:PORT (default: loopback or all interfaces, any free port)")
+    p.add_argument("--lockstep", action="store_true", help="advance one period per actuator target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate-hz", type=float, default=50.0, help="control/physics rate; telemetry default")
+    p.add_argument("--sensor-noise-std", type=float, default=0.0)
+    p.add_argument("--command-timeout-s", type=float, default=0.2)
+    p.add_argument("--no-hold", action="store_true", help="let the pole fall from start, before the first arming")
+    p.add_argument("--param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="override a CartpoleParams field, e.g. pole_mass_kg=0.12 (repeatable)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the SITL board until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error
+        return int(exc.code or 0)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        config = BoardConfig(out_host=args.out[0], out_port=args.out[1], bind_host=args.bind[0] if args.bind else "",
+                             bind_port=args.bind[1] if args.bind else 0, lockstep=args.lockstep, seed=args.seed,
+                             rate_hz=args.rate_hz, sensor_noise_std=args.sensor_noise_std,
+                             command_timeout_s=args.command_timeout_s,
+                             hold_until_armed=not args.no_hold, physics=CartpoleParams(**dict(args.param)))
+    except (ValueError, TypeError) as exc:
+        log.error("bad argument: %s", exc)
+        return 2
+    stop = threading.Event()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous: dict[signal.Signals, Any] = {}
+    if in_main_thread:
+        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        counters = run_board(config, stop.is_set, wake_socks=(wake_r,))
+    except OSError as exc:
+        log.error("cannot serve the board on udp (%s); is --bind free and --out a reachable host?", exc)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        wake_r.close()
+        wake_w.close()
+    log.info("board stopped: %s", counters)
+    return 0
