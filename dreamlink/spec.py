@@ -165,4 +165,32 @@ def cartpole_balanced(state: np.ndarray) -> np.ndarray:
     return (np.abs(angle) < CARTPOLE_BALANCED_ANGLE_RAD) & (np.abs(pos) < CARTPOLE_BALANCED_POS_M)
 
 
-SPECS: dict[str, VehicleSpec] = {"cartpole": CARTPOLE}
+# A multirotor seen through its autopilot: the closed loop of the flight controller is part of
+# what the world model learns. State in the autopilot's local NED frame (LOCAL_POSITION_NED,
+# ATTITUDE); action = velocity setpoints (SET_POSITION_TARGET_LOCAL_NED, type_mask 2503, yaw held),
+# with the limits used in the reference ArduPilot/PX4 logs (|v_xy| <= 3 m/s, |v_z| <= 1 m/s).
+QUAD = VehicleSpec(
+    name="quad",
+    state=(
+        Component("pos_n_m", "m", -50.0, 50.0),
+        Component("pos_e_m", "m", -50.0, 50.0),
+        Component("pos_d_m", "m", -50.0, 5.0),
+        Component("vel_n_mps", "m/s", -10.0, 10.0),
+        Component("vel_e_mps", "m/s", -10.0, 10.0),
+        Component("vel_d_mps", "m/s", -5.0, 5.0),
+        Component("roll_rad", "rad", -math.pi / 2, math.pi / 2),
+        Component("pitch_rad", "rad", -math.pi / 2, math.pi / 2),
+        Component("yaw_rad", "rad", -math.pi, math.pi),
+        Component("roll_rate_radps", "rad/s", -10.0, 10.0),
+        Component("pitch_rate_radps", "rad/s", -10.0, 10.0),
+        Component("yaw_rate_radps", "rad/s", -10.0, 10.0),
+    ),
+    action=(
+        Component("vel_sp_n_mps", "m/s", -3.0, 3.0),
+        Component("vel_sp_e_mps", "m/s", -3.0, 3.0),
+        Component("vel_sp_d_mps", "m/s", -1.0, 1.0),
+    ),
+    control_period_s=0.02,
+)
+
+SPECS: dict[str, VehicleSpec] = {"cartpole": CARTPOLE, "quad": QUAD}
