@@ -271,18 +271,18 @@ class Link:
                 self._stop.wait(_SELECT_S)
                 continue
             if data:
-                valid = self._feed(bytes(data) if isinstance(data, (bytes, bytearray)) else data.encode("latin-1"))
-                if valid and addr is not None and addr != self._peer:
-                    log.info("link %s: peer is %s:%d", self.config.connect, addr[0], addr[1])
-                    self._peer = addr
+                self._feed(bytes(data) if isinstance(data, (bytes, bytearray)) else data.encode("latin-1"), addr)
 
     def _write_to_peer(self, buf: bytes) -> None:
         peer = self._peer
         if peer is not None:
             self._conn.port.sendto(buf, peer)
 
-    def _feed(self, data: bytes) -> int:
-        """Parse one chunk; returns the number of valid frames delivered."""
+    def _feed(self, data: bytes, source: tuple[str, int] | None = None) -> int:
+        """Parse one chunk; returns the number of valid frames delivered.
+
+        On a listening UDP link, `source` becomes the peer before the first valid frame is
+        delivered, so whoever reacts to that frame already answers the right address."""
         bad, reason = 0, ""
         try:
             messages = self._parser.parse_buffer(data) or []
@@ -302,6 +302,9 @@ class Link:
                     self._rx_unknown += 1
             else:
                 valid += 1
+                if source is not None and source != self._peer:
+                    log.info("link %s: peer is %s:%d", self.config.connect, source[0], source[1])
+                    self._peer = source
                 self._deliver(msg)
         if bad:
             with self._lock:
