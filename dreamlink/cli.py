@@ -38,6 +38,8 @@ def cmd_sitl(args: argparse.Namespace) -> int:
     from dreamlink.sim.motor_board import main as sitl_main
 
     argv = ["--out", args.out, "--seed", str(args.seed)] + (["--lockstep"] if args.lockstep else [])
+    mode = "lockstep" if args.lockstep else "real time"
+    print(f"SITL {args.vehicle} ({mode}, seed {args.seed}) sending MAVLink to {args.out}; Ctrl-C stops it", flush=True)
     return sitl_main(argv)
 
 

@@ -62,6 +62,7 @@ class LoopCounters:
     stale_ticks: int = 0
     shield_clipped: int = 0
     shield_nonfinite: int = 0
+    shield_fenced: int = 0
     fallbacks: dict[str, int] = field(default_factory=dict)
 
 
@@ -81,6 +82,7 @@ class LoopStats:
     stale_ticks: int
     shield_clipped: int
     shield_nonfinite: int
+    shield_fenced: int
     fallbacks: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,12 +103,16 @@ class ControlLoop:
         clock: Clock,
         config: LoopConfig,
         recorder: FlightRecorder | None = None,
+        reference: Callable[[float], np.ndarray] | None = None,
     ) -> None:
+        """`reference(t_s) -> [H,S]` is the tracking target over the horizon from `t_s` (None: fixed task)."""
         self.profile, self.planner, self.limits, self.clock = profile, planner, limits, clock
+        self.reference = reference
         self.config, self.recorder = config, recorder
         self.counters = LoopCounters()
         self.previous: Plan | None = None
         self._warm = planner.initial_plan()
+        self._last_sent: np.ndarray | None = None
         self._latency: list[float] = []
         self._lateness: list[float] = []
 
@@ -131,7 +137,8 @@ class ControlLoop:
         else:
             t0 = time.perf_counter()
             try:
-                plan = self.planner.plan(state, self._warm, now_s)
+                ref = self.reference(now_s) if self.reference is not None else None
+                plan = self.planner.plan(state, self._warm, now_s, ref)
             except Exception as e:  # the model or session failed: fly on without it
                 log.warning("planner failed: %s", e)
                 plan = None
@@ -146,9 +153,13 @@ class ControlLoop:
                 action, source = self._fallback("plan_overrun", now_s)
             else:
                 action, source = plan.actions[0], SOURCE_PLAN
-        safe = shield(action, self.limits)
+        safe = shield(action, self.limits, state, self._last_sent)
         self.counters.shield_clipped += safe.clipped
         self.counters.shield_nonfinite += safe.nonfinite
+        self.counters.shield_fenced += safe.fenced
+        if self.recorder and (safe.nonfinite or safe.fenced):
+            self.recorder.event("shield", now_s, nonfinite=safe.nonfinite, fenced=safe.fenced)
+        self._last_sent = safe.action
         self.profile.send(safe.action)
         if plan is not None:
             self.previous = plan
@@ -205,5 +216,6 @@ class ControlLoop:
             stale_ticks=c.stale_ticks,
             shield_clipped=c.shield_clipped,
             shield_nonfinite=c.shield_nonfinite,
+            shield_fenced=c.shield_fenced,
             fallbacks=dict(c.fallbacks),
         )

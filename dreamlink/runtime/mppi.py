@@ -107,15 +107,16 @@ class MppiPlanner:
             else:
                 self._spread[:, h] = 0.0
 
-    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float) -> Plan:
-        """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A]."""
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None) -> Plan:
+        """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A];
+        `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
         self._noise *= self._sigma
         self._noise[0] = 0.0  # sample 0 is the warm start itself, so a good plan is never lost
         np.add(warm[None], self._noise, out=self._samples)
         np.clip(self._samples, self._low, self._high, out=self._samples)
         self.rollout(state.astype(np.float32, copy=False), self._samples)
-        costs = trajectory_cost(self.task, self._traj, self._samples)  # [K]
+        costs = trajectory_cost(self.task, self._traj, self._samples, reference)  # [K]
         w = mppi_weights(costs, self.config.temperature)
         actions = np.tensordot(w, self._samples, axes=1).astype(np.float32)  # [H,A]
         best = int(np.argmin(costs))

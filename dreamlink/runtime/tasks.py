@@ -34,9 +34,14 @@ class QuadraticTask:
             raise ValueError(f"task {self.name}: action_weight needs {spec.action_dim} entries ({spec.action_names})")
 
 
-def trajectory_cost(task: QuadraticTask, traj: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """Cost of K imagined trajectories. traj [K,H+1,S] (index 0 = current state), actions [K,H,A] -> [K]."""
-    err = traj[:, 1:, :] - np.asarray(task.target, dtype=np.float32)
+def trajectory_cost(
+    task: QuadraticTask, traj: np.ndarray, actions: np.ndarray, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Cost of K imagined trajectories. traj [K,H+1,S] (index 0 = current state), actions [K,H,A] -> [K].
+
+    `reference` [H,S], when given, replaces the task's fixed target step by step (tracking)."""
+    target = np.asarray(task.target, dtype=np.float32) if reference is None else reference
+    err = traj[:, 1:, :] - target
     per_step = (err * err) @ np.asarray(task.state_weight, dtype=np.float32)  # [K,H]
     per_step[:, -1] *= task.terminal_weight
     cost = per_step.sum(axis=1)
@@ -60,7 +65,21 @@ def cartpole_balance(spec: VehicleSpec) -> QuadraticTask:
     )
 
 
-DEFAULT_TASKS = {"cartpole": cartpole_balance}
+def quad_tracking(spec: VehicleSpec) -> QuadraticTask:
+    """Follow a position/velocity reference (given per tick); keep attitude and rates calm."""
+    weights = {"pos_n_m": 4.0, "pos_e_m": 4.0, "pos_d_m": 6.0, "vel_n_mps": 0.5, "vel_e_mps": 0.5, "vel_d_mps": 0.5,
+               "roll_rad": 0.1, "pitch_rad": 0.1, "yaw_rad": 0.0, "roll_rate_radps": 0.01, "pitch_rate_radps": 0.01,
+               "yaw_rate_radps": 0.01}
+    return QuadraticTask(
+        name="track",
+        target=tuple(0.0 for _ in spec.state),
+        state_weight=tuple(weights[n] for n in spec.state_names),
+        action_weight=(0.02, 0.02, 0.05),
+        terminal_weight=2.0,
+    )
+
+
+DEFAULT_TASKS = {"cartpole": cartpole_balance, "quad": quad_tracking}
 
 
 def default_task(spec: VehicleSpec) -> QuadraticTask:

@@ -1,0 +1,65 @@
+"""Reference trajectories a tracking task follows, sampled over the planner's horizon."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dreamlink.spec import VehicleSpec
+
+
+@dataclass(frozen=True)
+class Figure8:
+    """A horizontal figure-eight (Lissajous 1:2) around `center_ned_m`, flown at a mean `speed_mps`.
+
+    n(t) = w sin(ωt), e(t) = (w/2) sin(2ωt), d = center; ω is set so the mean ground speed over a
+    lap equals `speed_mps` (the peak is about 1.3x that, at the crossing).
+    """
+
+    center_ned_m: tuple[float, float, float] = (0.0, 0.0, -5.0)
+    half_width_m: float = 3.0
+    speed_mps: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (self.half_width_m > 0 and self.speed_mps > 0):
+            raise ValueError(f"Figure8: half_width_m and speed_mps must be > 0, got {self}")
+
+    @property
+    def omega_radps(self) -> float:
+        theta = np.linspace(0.0, 2 * math.pi, 4001)
+        w = self.half_width_m
+        dn, de = w * np.cos(theta), w * np.cos(2 * theta)  # d/dtheta of (w sin, w/2 sin 2theta)
+        lap_length_m = float(np.trapezoid(np.hypot(dn, de), theta))
+        return 2 * math.pi * self.speed_mps / lap_length_m
+
+    @property
+    def lap_s(self) -> float:
+        return 2 * math.pi / self.omega_radps
+
+    def position_velocity(self, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """t_s [T] -> positions [T,3] (m, NED), velocities [T,3] (m/s)."""
+        om, w = self.omega_radps, self.half_width_m
+        ph = om * np.asarray(t_s, dtype=np.float64)
+        c = np.asarray(self.center_ned_m)
+        pos = np.stack([c[0] + w * np.sin(ph), c[1] + 0.5 * w * np.sin(2 * ph), np.full_like(ph, c[2])], axis=-1)
+        vel = np.stack([w * om * np.cos(ph), w * om * np.cos(2 * ph), np.zeros_like(ph)], axis=-1)
+        return pos, vel
+
+
+def reference_window(
+    path: Figure8, spec: VehicleSpec, t_s: float, horizon: int, period_s: float, start_s: float = 0.0
+) -> np.ndarray:
+    """The reference state for each of the next `horizon` steps after `t_s`: [H,S] float32.
+
+    Position and velocity from the path (path time = t_s - start_s); every other component 0.
+    """
+    t = (t_s - start_s) + period_s * np.arange(1, horizon + 1)
+    pos, vel = path.position_velocity(t)
+    ref = np.zeros((horizon, spec.state_dim), dtype=np.float32)
+    for i, name in enumerate(("pos_n_m", "pos_e_m", "pos_d_m")):
+        ref[:, spec.state_index(name)] = pos[:, i]
+    for i, name in enumerate(("vel_n_mps", "vel_e_mps", "vel_d_mps")):
+        ref[:, spec.state_index(name)] = vel[:, i]
+    return ref
