@@ -2,15 +2,18 @@
 
 The `.tlog` is the format MAVProxy writes and pymavlink's tools read (`mavlogdump.py`):
 each record is an 8-byte big-endian count of microseconds since 1970, then one raw
-MAVLink frame. Records are flushed to the OS once per tick and events at once, so a
-killed process leaves a readable log (only a record being written at that instant can
-be cut short).
+MAVLink frame. Every record (and every event line) goes to the kernel in one `os.write`
+on an O_APPEND descriptor, with no user-space buffer: a process killed with SIGKILL at any
+moment leaves every record it wrote whole, except possibly the one being written at that
+instant. (Power loss is a different matter: that needs fsync, which costs milliseconds a
+tick on SD cards; the deploy layer rotates and syncs logs between flights.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 import threading
 import time
@@ -36,8 +39,9 @@ class FlightRecorder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.spec = spec
         self._lock = threading.Lock()
-        self._tlog = open(self.out_dir / TLOG_NAME, "ab")
-        self._events = open(self.out_dir / EVENTS_NAME, "a", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        self._tlog_fd: int | None = os.open(self.out_dir / TLOG_NAME, flags, 0o644)
+        self._events_fd: int | None = os.open(self.out_dir / EVENTS_NAME, flags, 0o644)
         self.frames_written = 0
         n, S, A = max(max_ticks, 1), spec.state_dim, spec.action_dim
         # Preallocated: the tick only fills rows. A flight longer than max_ticks keeps its
@@ -53,19 +57,19 @@ class FlightRecorder:
 
     def tap(self, direction: str, unix_time_s: float, frame: bytes) -> None:
         """Link tap: one .tlog record per frame, both directions."""
-        stamp = struct.pack(">Q", int(unix_time_s * 1e6))
+        record = struct.pack(">Q", int(unix_time_s * 1e6)) + frame
         with self._lock:
-            if self._tlog.closed:
+            if self._tlog_fd is None:
                 return
-            self._tlog.write(stamp + frame)
+            os.write(self._tlog_fd, record)
             self.frames_written += 1
 
     def event(self, kind: str, t_s: float, **fields: Any) -> None:
         record = {"t_s": round(t_s, 6), "wall": round(time.time(), 6), "event": kind, **fields}
+        line = (json.dumps(record, default=str) + "\n").encode()
         with self._lock:
-            if not self._events.closed:
-                self._events.write(json.dumps(record) + "\n")
-                self._events.flush()
+            if self._events_fd is not None:
+                os.write(self._events_fd, line)
 
     def tick(
         self,
@@ -85,9 +89,6 @@ class FlightRecorder:
             if imagined is not None:
                 self._imagined[i] = imagined
             self._rows += 1
-        with self._lock:
-            if not self._tlog.closed:
-                self._tlog.flush()
 
     def close(self) -> Path:
         n = self._rows
@@ -104,7 +105,9 @@ class FlightRecorder:
             spec=np.array(json.dumps(self.spec.to_dict())),
         )
         with self._lock:
-            self._tlog.close()
-            self._events.close()
+            for fd in (self._tlog_fd, self._events_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._tlog_fd = self._events_fd = None
         log.info("flight log: %s (%d frames, %d ticks)", self.out_dir, self.frames_written, n)
         return path
