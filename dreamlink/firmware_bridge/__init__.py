@@ -2,6 +2,11 @@
 
 - `link`: `Link`, `LinkConfig`, `LinkStats`, `LinkError`, `LinkTimeout`, `CommandRefused`.
 - `motor_board`: `MotorBoardProfile` for the cart-pole motor board (and its SITL).
+- `autopilot`: what the flight-controller profiles share: `AutopilotConfig`, `AutopilotError`, the pure
+  `state_from_messages`, `velocity_setpoint_fields`, `action_from_setpoint`, `quad_layout`, type_mask constants.
+- `ardupilot`: `ArduPilotCopterProfile` (GUIDED, NAV_TAKEOFF, BRAKE, LAND, RTL), `COPTER_MODES`.
+- `px4`: `Px4Profile` (setpoint stream, OFFBOARD, offboard take-off ramp, NAV_LAND), `px4_custom_mode`.
+- `tlog`: `read_tlog`, `iter_tlog`, `TlogRecord`, `TlogReport`, `TlogError` for `.tlog` flight logs.
 
 Onboard code: never imports torch. Modules are not imported here so that importing the package
 does not touch pymavlink's process-wide dialect choice before `link` sets MAVLink 2.
