@@ -12,7 +12,13 @@ def _cartpole(argv: list[str]) -> int:
     return main(argv)
 
 
-VEHICLES: dict[str, Callable[[list[str]], int]] = {"cartpole": _cartpole}
+def _quad(argv: list[str]) -> int:
+    from dreamlink.sim.quadrotor.process import main
+
+    return main(argv)
+
+
+VEHICLES: dict[str, Callable[[list[str]], int]] = {"cartpole": _cartpole, "quad": _quad}
 
 
 def main(argv: list[str]) -> int:

@@ -27,7 +27,7 @@ from dreamlink.sim.motor_board import mavlink, new_parser
 
 log = logging.getLogger(__name__)
 
-VEHICLES = ("cartpole",)
+VEHICLES = ("cartpole", "quad")
 
 
 class SitlError(RuntimeError):

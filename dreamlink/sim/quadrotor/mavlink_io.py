@@ -1,0 +1,486 @@
+"""The simulated flight controller's MAVLink face: parse what arrives, answer commands, stream telemetry.
+
+Transport-free: `MavlinkFace.receive(datagram)` takes one UDP datagram, `after_frame()` is called after every
+10 ms vehicle frame, and every packed frame goes to the `write` callable. The process (process.py) owns the
+socket and the clock.
+
+Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and commands):
+
+- Identity sysid 1, compid 1 (MAV_COMP_ID_AUTOPILOT1), MAVLink 2. Messages and commands are taken when
+  their target_system is 0 or 1 and target_component 0 or 1.
+- HEARTBEAT once a second of vehicle time (type, autopilot, base_mode, custom_mode, system_status per flavour,
+  mavlink_version 3).
+- Streams, scheduled in vehicle time, at most one sample per 10 ms frame: LOCAL_POSITION_NED, ATTITUDE,
+  ATTITUDE_QUATERNION, HIGHRES_IMU, ODOMETRY (PX4 only: ArduCopter has no ap_message for id 331 and answers
+  DENIED with STATUSTEXT "No ap_message for mavlink id (331)", as in its log), SYS_STATUS, EXTENDED_SYS_STATE,
+  GLOBAL_POSITION_INT, POSITION_TARGET_LOCAL_NED, ATTITUDE_TARGET, SERVO_OUTPUT_RAW, HOME_POSITION.
+  "Default rate" (SET_MESSAGE_INTERVAL param2 = 0): 50 Hz for the five state messages, 2 Hz SYS_STATUS /
+  EXTENDED_SYS_STATE, 5 Hz GLOBAL_POSITION_INT, 10 Hz the target echoes and SERVO_OUTPUT_RAW, 0.5 Hz
+  HOME_POSITION. PX4 streams its set from boot (like PX4's onboard link); ArduPilot sends only HEARTBEAT until
+  a client asks (SET_MESSAGE_INTERVAL or REQUEST_DATA_STREAM), exactly as its log shows, unless
+  `streams_at_boot`. param2 -1 stops a stream, > 0 is the interval in us (below 10 ms: every frame).
+  Unstreamable ids: ArduPilot DENIED + STATUSTEXT, PX4 FAILED.
+- MAV_CMD_REQUEST_MESSAGE (512) sends one message (AUTOPILOT_VERSION, HOME_POSITION or any streamable one),
+  MAV_CMD_GET_HOME_POSITION (410) and MAV_CMD_REQUEST_AUTOPILOT_CAPABILITIES (520) likewise. Every other
+  command the flavour does not know: MAV_RESULT_UNSUPPORTED. COMMAND_ACK goes to the sender's sysid/compid.
+- STATUSTEXT longer than 50 bytes goes out in MAVLink 2 chunks (same `id`, `chunk_seq` 0, 1, ...) as PX4
+  does; PX4's texts end in a tab, as in its log. Reasons for a refused command precede its COMMAND_ACK.
+- TIMESYNC with tc1 = 0 is answered with tc1 = vehicle time (ns), ts1 echoed (both autopilots do).
+- Telemetry carries the randomised sensor noise (one noisy estimate per frame, shared by all messages of that
+  frame) and is held back by the randomised latency (vehicle time); HEARTBEAT, COMMAND_ACK and STATUSTEXT are
+  not delayed.
+- Malformed input (garbage, CRC errors, a frame cut short at the datagram end, unknown ids) is dropped and
+  counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dreamlink.sim.quadrotor.autopilot import (
+    MAV_RESULT_ACCEPTED,
+    MAV_RESULT_DENIED,
+    MAV_RESULT_FAILED,
+    MAV_RESULT_UNSUPPORTED,
+    MAV_SEVERITY_INFO,
+)
+from dreamlink.sim.quadrotor.controller import ControlTarget
+from dreamlink.sim.quadrotor.physics import GRAVITY_MPS2, euler_of, quat_multiply, quat_to_rotation
+from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
+
+# pymavlink picks MAVLink 1 or 2 at first import of mavutil; ask for 2 before it (as motor_board.py does).
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil
+
+if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
+    mavutil.set_dialect(mavutil.current_dialect)
+mavlink: Any = mavutil.mavlink
+
+log = logging.getLogger(__name__)
+
+SYSTEM_ID = 1
+COMPONENT_ID = 1
+EARTH_RADIUS_M = 6378137.0
+
+MSG = {name: getattr(mavlink, f"MAVLINK_MSG_ID_{name}") for name in (
+    "LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
+    "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "POSITION_TARGET_LOCAL_NED", "ATTITUDE_TARGET",
+    "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT")}
+STATE_MESSAGES = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY")
+DEFAULT_RATE_HZ = {"LOCAL_POSITION_NED": 50.0, "ATTITUDE": 50.0, "ATTITUDE_QUATERNION": 50.0, "HIGHRES_IMU": 50.0,
+                   "ODOMETRY": 50.0, "SYS_STATUS": 2.0, "EXTENDED_SYS_STATE": 2.0, "GLOBAL_POSITION_INT": 5.0,
+                   "POSITION_TARGET_LOCAL_NED": 10.0, "ATTITUDE_TARGET": 10.0, "SERVO_OUTPUT_RAW": 10.0,
+                   "HOME_POSITION": 0.5}
+BOOT_STREAMS = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
+                "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "HOME_POSITION")
+# ArduPilot's legacy stream groups (REQUEST_DATA_STREAM), reduced to the messages this SITL has
+DATA_STREAM_GROUPS = {1: ("HIGHRES_IMU",), 2: ("SYS_STATUS", "EXTENDED_SYS_STATE"),
+                      6: ("LOCAL_POSITION_NED", "GLOBAL_POSITION_INT"), 10: ("ATTITUDE",)}
+# SYS_STATUS sensor bit sets copied from the logs; the health bits below are cleared until the vehicle is armable
+SYS_STATUS_BITS = {"ardupilot": (0x5371FC2F, 0x52619C2F, 0x57719C2F), "px4": (0x0300402F, 0x0301402F, 0x1320C83F)}
+PREARM_AND_AHRS = 0x10000000 | 0x00200000
+VERSION = {"ardupilot": (64495, 67633152, 0), "px4": (59647, 17826047, 17826047)}
+TICK_MESSAGES = ("SET_POSITION_TARGET_LOCAL_NED", "SET_ATTITUDE_TARGET")
+
+
+@dataclass
+class IoCounters:
+    """Traffic the face counted since start (logged at exit)."""
+
+    rx_frames: int = 0
+    rx_bad: int = 0
+    rx_unknown: int = 0
+    rx_not_for_us: int = 0
+    tx_frames: int = 0
+    ticks: int = 0
+    rx_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class _Writer:
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+
+
+def new_parser() -> Any:
+    """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
+    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
+    parser.robust_parsing = True
+    return parser
+
+
+@dataclass
+class _Estimate:
+    """The noisy 'EKF output' of one frame, shared by all telemetry of that frame."""
+
+    pos: np.ndarray
+    vel: np.ndarray
+    q: np.ndarray
+    rates: np.ndarray
+    specific_force_frd: np.ndarray
+
+
+class MavlinkFace:
+    """MAVLink in and out for one `SimVehicle`. `on_tick` is called for each lockstep tick message."""
+
+    def __init__(self, vehicle: SimVehicle, write: Callable[[bytes], None], lockstep: bool = False,
+                 streams_at_boot: bool | None = None, on_tick: Callable[[], None] | None = None) -> None:
+        self.vehicle = vehicle
+        self.flavour = vehicle.flavour
+        self.lockstep = lockstep
+        self.on_tick = on_tick
+        self.counters = IoCounters()
+        self._write = write
+        self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=SYSTEM_ID, srcComponent=COMPONENT_ID)
+        self._parser = new_parser()
+        self._delay_us = round(vehicle.domain.telemetry_latency_s * 1e6)
+        self._delayed: deque[tuple[int, bytes]] = deque()
+        self._delaying = False
+        self._noise_rng = np.random.default_rng([vehicle.domain.seed, 2])
+        self._estimate: _Estimate | None = None
+        self._estimate_frame = -1
+        self._prev_vel = np.zeros(3)
+        self.interval_us: dict[str, int] = {}
+        self._next_due_us: dict[str, int] = {}
+        boot = self.flavour == "px4" if streams_at_boot is None else streams_at_boot
+        if boot:
+            for name in BOOT_STREAMS:
+                if self.streamable(name):
+                    self.set_interval(name, 0)
+        self._next_heartbeat_us = 0
+        self._last_bad_warning = -math.inf
+
+    # -- streams ------------------------------------------------------------------------------------------------
+
+    def streamable(self, name: str) -> bool:
+        return name in DEFAULT_RATE_HZ and not (name == "ODOMETRY" and self.flavour == "ardupilot")
+
+    def set_interval(self, name: str, interval_us: float) -> None:
+        if interval_us < 0:
+            self.interval_us.pop(name, None)
+            return
+        if interval_us == 0:
+            interval_us = 1e6 / DEFAULT_RATE_HZ[name]
+        self.interval_us[name] = max(round(interval_us), 1)
+        self._next_due_us[name] = self.vehicle.time_us
+
+    def after_frame(self) -> None:
+        """Send what is due at the current vehicle time: heartbeat, streams, texts, delayed telemetry."""
+        now_us = self.vehicle.time_us
+        if now_us >= self._next_heartbeat_us:
+            self.send_heartbeat()
+            self._next_heartbeat_us = now_us + 1_000_000
+        self._delaying = self._delay_us > 0
+        try:
+            for name, interval in list(self.interval_us.items()):
+                due = self._next_due_us.get(name, now_us)
+                if now_us >= due:
+                    self.send_message(name)
+                    self._next_due_us[name] = due + interval if due + interval > now_us else now_us + interval
+        finally:
+            self._delaying = False
+        self.flush_texts()
+        while self._delayed and self._delayed[0][0] <= now_us:
+            self._write_now(self._delayed.popleft()[1])
+
+    def send_state_snapshot(self) -> None:
+        """One sample of every enabled state stream now (lockstep: with the wall-clock heartbeat, so a
+        client that has not ticked yet still sees where the vehicle is)."""
+        for name in (*STATE_MESSAGES, "EXTENDED_SYS_STATE"):
+            if name in self.interval_us:
+                self.send_message(name)
+
+    # -- outgoing -------------------------------------------------------------------------------------------------
+
+    def _send_frame(self, frame: bytes) -> None:
+        if self._delaying:
+            self._delayed.append((self.vehicle.time_us + self._delay_us, bytes(frame)))
+        else:
+            self._write_now(frame)
+
+    def _write_now(self, frame: bytes) -> None:
+        self.counters.tx_frames += 1
+        self._write(frame)
+
+    def send_heartbeat(self) -> None:
+        mav_type, autopilot, base_mode, custom_mode, status = self.vehicle.autopilot.heartbeat()
+        self._mav.heartbeat_send(mav_type, autopilot, base_mode, custom_mode, status, 3)
+
+    def flush_texts(self) -> None:
+        for severity, text in self.vehicle.autopilot.take_texts():
+            self.statustext(severity, text)
+
+    def statustext(self, severity: int, text: str) -> None:
+        log.info("STATUSTEXT %d: %s", severity, text.rstrip())
+        data = text.encode("utf-8")
+        if len(data) <= 50:
+            self._mav.statustext_send(severity, data)
+            return
+        chunk_id = zlib.crc32(data) % 0xFFFF + 1
+        for seq, start in enumerate(range(0, len(data), 50)):
+            self._mav.statustext_send(severity, data[start:start + 50], chunk_id, seq)
+
+    def _estimate_now(self) -> _Estimate:
+        v = self.vehicle
+        if self._estimate is not None and self._estimate_frame == v.frames:
+            return self._estimate
+        s, d, rng = v.state, v.domain, self._noise_rng
+        q = s.q_ned_frd
+        if d.att_noise_rad > 0:
+            rot = rng.normal(0.0, d.att_noise_rad, 3)
+            q = quat_multiply(q, np.array([1.0, *(0.5 * rot)]))
+            q = q / np.linalg.norm(q)
+        accel = s.accel_ned_mps2 - np.array([0.0, 0.0, GRAVITY_MPS2])
+        est = _Estimate(
+            pos=s.pos_ned_m + (rng.normal(0.0, d.pos_noise_m, 3) if d.pos_noise_m > 0 else 0.0),
+            vel=s.vel_ned_mps + (rng.normal(0.0, d.vel_noise_mps, 3) if d.vel_noise_mps > 0 else 0.0),
+            q=q, rates=s.rates_frd_radps + (rng.normal(0.0, d.gyro_noise_radps, 3) if d.gyro_noise_radps > 0 else 0.0),
+            specific_force_frd=quat_to_rotation(s.q_ned_frd).T @ accel
+            + (rng.normal(0.0, d.accel_noise_mps2, 3) if d.accel_noise_mps2 > 0 else 0.0))
+        self._estimate, self._estimate_frame = est, v.frames
+        return est
+
+    def send_message(self, name: str) -> bool:
+        """Send one message by name; False if this SITL cannot produce it."""
+        v = self.vehicle
+        ms, us = v.time_us // 1000, v.time_us
+        m = self._mav
+        if name in STATE_MESSAGES or name == "GLOBAL_POSITION_INT":
+            e = self._estimate_now()
+        if name == "LOCAL_POSITION_NED":
+            m.local_position_ned_send(ms, *e.pos, *e.vel)
+        elif name == "ATTITUDE":
+            m.attitude_send(ms, *euler_of(e.q), *e.rates)
+        elif name == "ATTITUDE_QUATERNION":
+            m.attitude_quaternion_send(ms, *e.q, *e.rates, [0.0, 0.0, 0.0, 0.0])
+        elif name == "ODOMETRY":
+            nan = math.nan
+            m.odometry_send(us, mavlink.MAV_FRAME_LOCAL_NED, mavlink.MAV_FRAME_LOCAL_NED, *e.pos, list(e.q), *e.vel,
+                            *e.rates, [nan] * 21, [nan] * 21, 0, mavlink.MAV_ESTIMATOR_TYPE_AUTOPILOT, 100)
+        elif name == "HIGHRES_IMU":
+            f = e.specific_force_frd
+            mag = quat_to_rotation(e.q).T @ np.array([0.21, 0.01, 0.43])  # a fixed earth field, gauss
+            alt_amsl = v.home[2] - float(e.pos[2])
+            pressure_hpa = 1013.25 * (1 - 2.25577e-5 * alt_amsl) ** 5.25588
+            m.highres_imu_send(us, *f, *e.rates, *mag, pressure_hpa, 0.0, alt_amsl, 25.0, 0x1FFF, 0)
+        elif name == "SYS_STATUS":
+            present, enabled, health = SYS_STATUS_BITS[self.flavour]
+            if not v.autopilot.prearm_ok(v.time_s) and not v.autopilot.armed:
+                health &= ~PREARM_AND_AHRS
+            m.sys_status_send(present, enabled, health, 0, 12600 if self.flavour == "ardupilot" else 16200, -1, 100,
+                              0, 0, 0, 0, 0, 0)
+        elif name == "EXTENDED_SYS_STATE":
+            m.extended_sys_state_send(v.autopilot.vtol_state, v.autopilot.landed_state())
+        elif name == "GLOBAL_POSITION_INT":
+            lat, lon, alt = self._global(e.pos)
+            hdg = round(math.degrees(euler_of(e.q)[2]) % 360 * 100)
+            m.global_position_int_send(ms, lat, lon, int(alt * 1000), round(-e.pos[2] * 1000),
+                                       *(round(c * 100) for c in e.vel), hdg)
+        elif name == "HOME_POSITION":
+            lat, lon, alt = self._global(np.zeros(3))
+            m.home_position_send(lat, lon, int(alt * 1000), 0.0, 0.0, 0.0, [1.0, 0.0, 0.0, 0.0], 0.0, 0.0, 0.0, us)
+        elif name == "POSITION_TARGET_LOCAL_NED":
+            self._send_position_target(ms, v.target)
+        elif name == "ATTITUDE_TARGET":
+            out = v.controller.output
+            m.attitude_target_send(ms, 0, list(out.q_sp_ned_frd), *out.rates_sp_frd_radps, out.thrust_frac)
+        elif name == "SERVO_OUTPUT_RAW":
+            frac = (v.state.rotor_speeds_radps / v.true_params.rotor_speed_max_radps) ** 2
+            low = 1000 if self.flavour == "ardupilot" else 900
+            pwm = [int(1000 + 1000 * f) if v.autopilot.armed else low for f in frac]
+            m.servo_output_raw_send(us & 0xFFFFFFFF, 0, *pwm, 0, 0, 0, 0)
+        elif name == "AUTOPILOT_VERSION":
+            caps, flight, middle = VERSION[self.flavour]
+            m.autopilot_version_send(caps, flight, middle, 0, 0, [0] * 8, [0] * 8, [0] * 8, 0, 0, 0xD7EA3110C,
+                                     [0] * 18)
+        else:
+            return False
+        return True
+
+    def _send_position_target(self, ms: int, t: ControlTarget) -> None:
+        if t.kind != "trajectory":
+            return
+        mask = 0
+        for i, bit in enumerate((1, 2, 4)):
+            mask |= bit if not math.isfinite(t.pos_ned[i]) else 0
+            mask |= bit * 8 if not math.isfinite(t.vel_ned[i]) else 0
+            mask |= bit * 64 if not math.isfinite(t.acc_ned[i]) else 0
+        mask |= 1024 if not math.isfinite(t.yaw_rad) else 0
+        mask |= 2048 if not math.isfinite(t.yaw_rate_radps) else 0
+        self._mav.position_target_local_ned_send(ms, mavlink.MAV_FRAME_LOCAL_NED, mask, *t.pos_ned, *t.vel_ned,
+                                                 *t.acc_ned, t.yaw_rad, t.yaw_rate_radps)
+
+    def _global(self, pos_ned: np.ndarray) -> tuple[int, int, float]:
+        lat0, lon0, alt0 = self.vehicle.home
+        lat = lat0 + math.degrees(float(pos_ned[0]) / EARTH_RADIUS_M)
+        lon = lon0 + math.degrees(float(pos_ned[1]) / (EARTH_RADIUS_M * math.cos(math.radians(lat0))))
+        return round(lat * 1e7), round(lon * 1e7), alt0 - float(pos_ned[2])
+
+    # -- incoming -------------------------------------------------------------------------------------------------
+
+    def receive(self, datagram: bytes) -> None:
+        """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped and counted)."""
+        bad, reason = 0, ""
+        try:
+            messages = self._parser.parse_buffer(datagram) or []
+            if self._parser.buf_len() > 0:
+                bad, reason = 1, "truncated frame at datagram end"
+                self._parser = new_parser()
+        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
+            messages, bad, reason = [], 1, f"parser error: {exc}"
+            self._parser = new_parser()
+        for msg in messages:
+            msg_type = msg.get_type()
+            if msg_type == "BAD_DATA":
+                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
+                continue
+            if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
+                self.counters.rx_unknown += 1
+                continue
+            self.counters.rx_frames += 1
+            self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
+            try:
+                self._dispatch(msg_type, msg)
+            except (ValueError, TypeError, OverflowError) as exc:  # a well-formed frame with absurd values
+                bad, reason = bad + 1, f"{msg_type}: {exc}"
+        if bad:
+            self.counters.rx_bad += bad
+            now = time.monotonic()
+            if now - self._last_bad_warning > 5.0:
+                self._last_bad_warning = now
+                log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad, reason)
+
+    def _for_me(self, msg: Any) -> bool:
+        ok = msg.target_system in (0, SYSTEM_ID) and msg.target_component in (0, COMPONENT_ID)
+        if not ok:
+            self.counters.rx_not_for_us += 1
+        return bool(ok)
+
+    def _tick(self) -> None:
+        if self.lockstep and self.on_tick is not None:
+            self.counters.ticks += 1
+            self.on_tick()
+
+    def _dispatch(self, msg_type: str, msg: Any) -> None:
+        v, ap = self.vehicle, self.vehicle.autopilot
+        if msg_type == "SET_POSITION_TARGET_LOCAL_NED":
+            if self._for_me(msg):
+                ap.position_target(int(msg.type_mask), int(msg.coordinate_frame), (msg.x, msg.y, msg.z),
+                                   (msg.vx, msg.vy, msg.vz), (msg.afx, msg.afy, msg.afz), msg.yaw, msg.yaw_rate,
+                                   v.time_s, v.state)
+                self._tick()
+        elif msg_type == "SET_ATTITUDE_TARGET":
+            if self._for_me(msg):
+                q, rates = tuple(msg.q), (msg.body_roll_rate, msg.body_pitch_rate, msg.body_yaw_rate)
+                if self.flavour == "px4":
+                    thrust_body = tuple(getattr(msg, "thrust_body", (0.0, 0.0, 0.0)))
+                    ap.attitude_target(int(msg.type_mask), q, rates, msg.thrust, v.time_s, v.state,  # type: ignore[call-arg]
+                                       thrust_body=thrust_body)
+                else:
+                    ap.attitude_target(int(msg.type_mask), q, rates, msg.thrust, v.time_s, v.state)
+                self._tick()
+        elif msg_type == "TIMESYNC":
+            if msg.tc1 == 0:
+                self._tick()
+                self._mav.timesync_send(v.time_us * 1000, msg.ts1)
+        elif msg_type in ("COMMAND_LONG", "COMMAND_INT"):
+            if self._for_me(msg):
+                self._command(msg, msg_type == "COMMAND_INT")
+        elif msg_type == "SET_MODE":
+            if msg.target_system in (0, SYSTEM_ID):
+                for result in ap.set_mode_message(int(msg.base_mode), int(msg.custom_mode), v.time_s, v.state):
+                    self._mav.command_ack_send(mavlink.MAV_CMD_DO_SET_MODE, result, 0, 0, msg.get_srcSystem(),
+                                               msg.get_srcComponent())
+                self._after_state_change()
+        elif msg_type == "REQUEST_DATA_STREAM":
+            if self.flavour == "ardupilot" and self._for_me(msg):
+                self._request_data_stream(int(msg.req_stream_id), float(msg.req_message_rate), int(msg.start_stop))
+
+    def _command(self, msg: Any, is_int: bool) -> None:
+        v, ap = self.vehicle, self.vehicle.autopilot
+        command = int(msg.command)
+        if is_int:
+            params = (msg.param1, msg.param2, msg.param3, msg.param4, float(msg.x), float(msg.y), float(msg.z))
+            frame: int | None = int(msg.frame)
+        else:
+            params = (msg.param1, msg.param2, msg.param3, msg.param4, msg.param5, msg.param6, msg.param7)
+            frame = None
+        src = (msg.get_srcSystem(), msg.get_srcComponent())
+        results = ap.command(command, params, v.time_s, v.state, source_component=src[1], frame=frame)
+        after: str | None = None
+        if results is None:
+            result, after = self._stream_command(command, params)
+            results = [result]
+        if after is not None and self.flavour == "px4":  # PX4 sends the message, then the ACK (log)
+            self.send_message(after)
+            after = None
+        self.flush_texts()  # the reasons first, so a client that stops reading at the ACK has them
+        for result in results:
+            self._mav.command_ack_send(command, result, 0, 0, src[0], src[1])
+        if after is not None:
+            self.send_message(after)
+        if command in (400, 176, 22, 21, 20):
+            self._after_state_change()
+
+    def _after_state_change(self) -> None:
+        """Lockstep: time may not move for a while, so show the new arming/mode state at once."""
+        self.flush_texts()
+        if self.lockstep:
+            self.send_heartbeat()
+
+    def _stream_command(self, command: int, params: tuple[float, ...]) -> tuple[int, str | None]:
+        if command == mavlink.MAV_CMD_SET_MESSAGE_INTERVAL:
+            name = self._message_name(params[0])
+            if name is None or not self.streamable(name):
+                if self.flavour == "ardupilot":
+                    self.statustext(MAV_SEVERITY_INFO, f"No ap_message for mavlink id ({int(params[0])})")
+                    return MAV_RESULT_DENIED, None
+                return MAV_RESULT_FAILED, None
+            if not math.isfinite(params[1]) or params[1] < -1:
+                return MAV_RESULT_DENIED, None
+            self.set_interval(name, params[1])
+            return MAV_RESULT_ACCEPTED, None
+        if command in (mavlink.MAV_CMD_REQUEST_MESSAGE, mavlink.MAV_CMD_GET_HOME_POSITION,
+                       mavlink.MAV_CMD_REQUEST_AUTOPILOT_CAPABILITIES):
+            wanted = {mavlink.MAV_CMD_GET_HOME_POSITION: "HOME_POSITION",
+                      mavlink.MAV_CMD_REQUEST_AUTOPILOT_CAPABILITIES: "AUTOPILOT_VERSION"}.get(command)
+            wanted = wanted or self._message_name(params[0])
+            if wanted is None or not (self.streamable(wanted) or wanted == "AUTOPILOT_VERSION"):
+                return (MAV_RESULT_FAILED if self.flavour == "ardupilot" else MAV_RESULT_DENIED), None
+            return MAV_RESULT_ACCEPTED, wanted
+        return MAV_RESULT_UNSUPPORTED, None
+
+    @staticmethod
+    def _message_name(msg_id: float) -> str | None:
+        if not math.isfinite(msg_id):
+            return None
+        for name, number in MSG.items():
+            if number == int(msg_id):
+                return name
+        return None
+
+    def _request_data_stream(self, stream_id: int, rate_hz: float, start: int) -> None:
+        names = [n for n in BOOT_STREAMS if self.streamable(n)] if stream_id == 0 else \
+            list(DATA_STREAM_GROUPS.get(stream_id, ()))
+        for name in names:
+            if start and rate_hz > 0:
+                self.set_interval(name, 1e6 / rate_hz)
+            else:
+                self.set_interval(name, -1)
+        if stream_id == 0 and not start:
+            self.interval_us.clear()
+
+    # -- lockstep helpers ------------------------------------------------------------------------------------------
+
+    @property
+    def frame_us(self) -> int:
+        return FRAME_US
