@@ -8,11 +8,14 @@ command advances the simulator one control period, so a transition is exactly on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from dreamlink.campaign.excitation import ExcitationConfig, VelocityExcitation
+from dreamlink.firmware_bridge.autopilot import AutopilotProfile
 from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.spec import VehicleSpec
@@ -117,4 +120,62 @@ def collect_cartpole(
         next_state=nexts,
         episode=episode,
         meta={"source": "sitl-lockstep", "seed": config.seed, "episodes": ep, "config": config.__dict__},
+    )
+
+
+@dataclass(frozen=True)
+class QuadCollectConfig:
+    seconds: float = 60.0  # of excitation, after take-off
+    takeoff_altitude_m: float = 5.0
+    seed: int = 0
+    step_timeout_s: float = 5.0
+    excitation: ExcitationConfig = field(default_factory=ExcitationConfig)
+
+
+def collect_quad(
+    profile: AutopilotProfile,
+    spec: VehicleSpec,
+    config: QuadCollectConfig,
+    progress: Callable[[int], None] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> TransitionSet:
+    """One flight: control mode, arm, take off, excite with velocity setpoints, land.
+
+    Needs a lockstep SITL (one setpoint = one control period, so a transition is exactly one
+    step); against a real-time vehicle use the .tlog path of calibration instead.
+    """
+    rng = np.random.default_rng(config.seed)
+    excite = VelocityExcitation(config.excitation, rng)
+    N = round(config.seconds / spec.control_period_s)
+    S, A = spec.state_dim, spec.action_dim
+    states, actions, nexts = np.empty((N, S), np.float32), np.empty((N, A), np.float32), np.empty((N, S), np.float32)
+    pos = [spec.state_index(n) for n in ("pos_n_m", "pos_e_m", "pos_d_m")]
+    profile.enter_control_mode()
+    profile.arm()
+    profile.takeoff(config.takeoff_altitude_m)
+    t_s, x, _ = profile.state()
+    t0 = t_s
+    n = 0
+    try:
+        for n in range(N):
+            a = excite.next(x[pos].astype(np.float64), t_s - t0)
+            profile.send(a)
+            if not profile.wait_state_after(t_s + spec.control_period_s * 0.5, config.step_timeout_s):
+                raise TimeoutError(f"collect: no state after t={t_s:.3f} s; is the SITL in lockstep and alive?")
+            t_next, x_next, _ = profile.state()
+            states[n], actions[n], nexts[n] = x, a, x_next
+            if progress:
+                progress(1)
+            t_s, x = t_next, x_next
+        n = N
+    finally:
+        profile.land()
+    log.info("collected %d quad transitions (seed %d)", n, config.seed)
+    return TransitionSet(
+        spec=spec,
+        state=states[:n],
+        action=actions[:n],
+        next_state=nexts[:n],
+        episode=np.zeros(n, np.int64),
+        meta={"source": "sitl-lockstep", "seed": config.seed, **(meta or {})},
     )

@@ -533,6 +533,20 @@ class AutopilotProfile:
             raise ValueError(f"{type(self).__name__}.send: expected action shape ({self.spec.action_dim},), "
                              f"got {action.shape}")
 
+    def position_setpoint_for(self, pos_ned_m: tuple[float, float, float],
+                              vel_ned_mps: tuple[float, float, float]) -> dict[str, Any]:
+        """A position target with velocity feed-forward and the held yaw (type_mask 2496)."""
+        with self._cond:
+            if self._yaw_hold_rad is None:
+                self._yaw_hold_rad = self._yaw_rad
+            yaw = self._yaw_hold_rad
+        return position_velocity_fields(pos_ned_m, vel_ned_mps, yaw, self._time_boot_ms())
+
+    def send_position(self, pos_ned_m: tuple[float, float, float], vel_ned_mps: tuple[float, float, float]) -> None:
+        """Hand the tracking to the autopilot's own position controller (the baseline the planner is judged
+        against): SET_POSITION_TARGET_LOCAL_NED with position and velocity feed-forward."""
+        self._send_setpoint(self.position_setpoint_for(pos_ned_m, vel_ned_mps))
+
     def _setpoint_for(self, action: np.ndarray) -> dict[str, Any]:
         """The velocity setpoint for `action` with the held yaw; a non-finite action becomes a position hold
         here (the shield should have stopped it; an autopilot given NaN velocities behaves per firmware)."""

@@ -152,6 +152,17 @@ class Px4Profile(AutopilotProfile):
         if self._stream_thread is None and not self.config.lockstep:
             self._start_stream()
 
+    def send_position(self, pos_ned_m: tuple[float, float, float], vel_ned_mps: tuple[float, float, float]) -> None:
+        """Position + velocity feed-forward target, kept alive by the background stream like `send`."""
+        fields = self.position_setpoint_for(pos_ned_m, vel_ned_mps)
+        now = time.monotonic()
+        self._set_standing(fields, now + self.config.setpoint_timeout_s)
+        self._send_setpoint(fields)
+        with self._cond:
+            self._last_sent_s = now
+        if self._stream_thread is None and not self.config.lockstep:
+            self._start_stream()
+
     def takeoff(self, altitude_m: float, timeout_s: float | None = None) -> None:
         """Climb `altitude_m` above the current position along an offboard ramp (position + velocity feed-forward
         at `takeoff_speed_mps`), then hold there; returns within `altitude_tolerance_m`. Needs OFFBOARD and armed."""

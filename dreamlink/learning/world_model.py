@@ -38,8 +38,13 @@ class WorldModelConfig:
     layers: int = 2  # hidden layers; the MLP has layers + 1 weight matrices
     ensemble_size: int = 5
     activation: str = "silu"
+    # State components the dynamics do not depend on (e.g. a multirotor's position: its response to a
+    # velocity setpoint is the same anywhere in the air). Masked out of the MLP's input, so the model
+    # cannot overfit to where the training flights happened to be.
+    ignore_inputs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore_inputs", tuple(self.ignore_inputs))
         for name in ("hidden", "layers", "ensemble_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -59,6 +64,7 @@ class EnsembleWorldModel(nn.Module):
     action_std: torch.Tensor
     delta_mean: torch.Tensor
     delta_std: torch.Tensor
+    input_mask: torch.Tensor
 
     def __init__(self, spec: VehicleSpec, config: WorldModelConfig) -> None:
         super().__init__()
@@ -77,6 +83,11 @@ class EnsembleWorldModel(nn.Module):
         for name, dim in (("state", S), ("action", A), ("delta", S)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
+        unknown = [n for n in config.ignore_inputs if n not in spec.state_names]
+        if unknown:
+            raise ValueError(f"WorldModelConfig.ignore_inputs: {unknown} not in {spec.name} state {spec.state_names}")
+        mask = torch.tensor([0.0 if n in config.ignore_inputs else 1.0 for n in spec.state_names])
+        self.register_buffer("input_mask", mask)
 
     @property
     def ensemble_size(self) -> int:
@@ -101,7 +112,8 @@ class EnsembleWorldModel(nn.Module):
         state [B,S], action [B,A] -> [E,B,S], every member sees the same batch; or state [E,B,S],
         action [E,B,A] -> [E,B,S], each member its own batch (bootstrap training).
         """
-        x = torch.cat([(state - self.state_mean) / self.state_std, (action - self.action_mean) / self.action_std], -1)
+        s_in = (state - self.state_mean) / self.state_std * self.input_mask
+        x = torch.cat([s_in, (action - self.action_mean) / self.action_std], -1)
         n = len(self.weights)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             # [B,in] @ [E,in,out] broadcasts to [E,B,out]: one MatMul node for all members.

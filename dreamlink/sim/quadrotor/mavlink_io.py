@@ -145,6 +145,7 @@ class MavlinkFace:
         self._delay_us = round(vehicle.domain.telemetry_latency_s * 1e6)
         self._delayed: deque[tuple[int, bytes]] = deque()
         self._delaying = False
+        self._released: dict[int, bytes] = {}  # newest frame written per message id (the snapshot resends it)
         self._noise_rng = np.random.default_rng([vehicle.domain.seed, 2])
         self._estimate: _Estimate | None = None
         self._estimate_frame = -1
@@ -193,11 +194,19 @@ class MavlinkFace:
             self._write_now(self._delayed.popleft()[1])
 
     def send_state_snapshot(self) -> None:
-        """One sample of every enabled state stream now (lockstep: with the wall-clock heartbeat, so a
-        client that has not ticked yet still sees where the vehicle is)."""
+        """One sample of every enabled state stream (lockstep: with the wall-clock heartbeat, so a client
+        that has not ticked yet still sees where the vehicle is).
+
+        A stream already flowing is repeated as last released, never sampled afresh: with telemetry
+        latency a fresh sample would be stamped ahead of the delayed stream, and a lockstep client
+        waiting for "a sample newer than the newest" would then wait on the wall clock every tick."""
         for name in (*STATE_MESSAGES, "EXTENDED_SYS_STATE"):
             if name in self.interval_us:
-                self.send_message(name)
+                frame = self._released.get(getattr(mavlink, f"MAVLINK_MSG_ID_{name}"))
+                if frame is not None:
+                    self._write_now(frame)
+                else:
+                    self.send_message(name)
 
     # -- outgoing -------------------------------------------------------------------------------------------------
 
@@ -209,6 +218,8 @@ class MavlinkFace:
 
     def _write_now(self, frame: bytes) -> None:
         self.counters.tx_frames += 1
+        if len(frame) > 10 and frame[0] == 0xFD:  # MAVLink 2: message id in bytes 7..9
+            self._released[int.from_bytes(frame[7:10], "little")] = frame
         self._write(frame)
 
     def send_heartbeat(self) -> None:
