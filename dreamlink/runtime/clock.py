@@ -20,6 +20,8 @@ class Clock(Protocol):
 class MonotonicClock:
     """Real flights: `time.monotonic()`, sleeping to each deadline (never backwards)."""
 
+    paced_by_vehicle = False
+
     def now(self) -> float:
         return time.monotonic()
 
@@ -53,6 +55,10 @@ class LockstepClock:
     `t`; a lockstep SITL steps once per command, so the loop runs as fast as the two
     processes can exchange messages, with the same tick code as real time.
     """
+
+    # Vehicle time moves when the loop sends, so "finished after the next deadline" means nothing
+    # here; the loop counts a tick whose planning took longer than a period as the overrun instead.
+    paced_by_vehicle = True
 
     def __init__(self, source: StateSource, timeout_s: float = 5.0, epsilon_s: float = 1e-6) -> None:
         self._source = source

@@ -182,6 +182,7 @@ class ControlLoop:
         `on_tick` runs after every tick, on the loop's own thread (e.g. the systemd watchdog: a
         hung loop must stop petting it)."""
         period = self.config.period_s
+        paced_by_vehicle = getattr(self.clock, "paced_by_vehicle", False)
         start = deadline = self.clock.now()
         while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
             now = self.clock.now()
@@ -189,6 +190,11 @@ class ControlLoop:
             if on_tick is not None:
                 on_tick()
             deadline += period
+            if paced_by_vehicle:
+                if self._latency[-1] > period:  # would have missed its deadline in real time
+                    self.counters.overruns += 1
+                self.clock.sleep_until(deadline)
+                continue
             after = self.clock.now()
             if after > deadline:
                 self.counters.overruns += 1

@@ -26,12 +26,17 @@ class MppiConfig:
     horizon: int = 30  # H, control periods
     noise_sigma: float = 0.2  # as a fraction of each action's half range
     temperature: float = 0.3  # lambda, in cost units
+    # Correlation of the sampling noise between consecutive steps (0: white). Smooth samples suit a
+    # vehicle whose setpoints are slew-limited by the shield: white noise would mostly be clipped away.
+    noise_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.samples < 2 or self.horizon < 1:
             raise ValueError(f"MppiConfig: need samples >= 2 and horizon >= 1, got {self}")
         if not (self.noise_sigma > 0 and self.temperature > 0):
             raise ValueError(f"MppiConfig: noise_sigma and temperature must be > 0, got {self}")
+        if not 0.0 <= self.noise_smoothing < 1.0:
+            raise ValueError(f"MppiConfig.noise_smoothing: expected [0, 1), got {self.noise_smoothing}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,11 @@ class MppiPlanner:
         """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A];
         `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
+        beta = self.config.noise_smoothing
+        if beta > 0:  # AR(1) along the horizon, same marginal variance as white noise
+            gain = np.float32(np.sqrt(1.0 - beta * beta))
+            for h in range(1, self._noise.shape[1]):
+                self._noise[:, h] = beta * self._noise[:, h - 1] + gain * self._noise[:, h]
         self._noise *= self._sigma
         self._noise[0] = 0.0  # sample 0 is the warm start itself, so a good plan is never lost
         np.add(warm[None], self._noise, out=self._samples)

@@ -12,24 +12,47 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dreamlink.bundle import BundleError, load_bundle
 from dreamlink.firmware_bridge.link import Link, LinkConfig
-from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
+from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
 from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
+from dreamlink.runtime.mission import Figure8, reference_window
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
 from dreamlink.runtime.recorder import FlightRecorder
 from dreamlink.runtime.session import ModelSession, SessionConfig
-from dreamlink.runtime.shield import ShieldLimits
+from dreamlink.runtime.shield import Geofence, ShieldLimits
 from dreamlink.runtime.tasks import default_task
+from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.json"
+
+
+@dataclass(frozen=True)
+class MissionConfig:
+    """What a multirotor flies: take off, a figure-eight around the take-off point, land.
+
+    `baseline` hands the same reference to the autopilot's own position controller (position +
+    velocity feed-forward setpoints) instead of planning: the comparison the planner must win.
+    """
+
+    takeoff_altitude_m: float = 5.0
+    half_width_m: float = 3.0
+    speed_mps: float = 2.0
+    laps: float = 2.0
+    baseline: bool = False
+    land: bool = True
+    fence_half_width_m: float = 15.0
+    fence_min_altitude_m: float = 1.0
+    fence_max_altitude_m: float = 20.0
+    max_accel_mps2: float = 5.0  # slew limit on the velocity setpoints
 
 
 @dataclass(frozen=True)
@@ -43,8 +66,11 @@ class RunConfig:
     seed: int = 0
     planner: MppiConfig | None = None  # None: what the bundle was calibrated for
     session: SessionConfig = field(default_factory=SessionConfig)
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = 30.0
     stale_limit_s: float = 0.1
+    autopilot: str = ""  # quad: "ardupilot" or "px4"
+    mission: MissionConfig = field(default_factory=MissionConfig)
+
 
 
 @dataclass(frozen=True)
@@ -82,27 +108,40 @@ def fly(
     max_ticks = config.ticks if config.ticks > 0 else int(600 * rate_hz)
     recorder = FlightRecorder(config.out_dir, spec, planner_cfg.horizon, max_ticks)
     link = Link(LinkConfig(connect=config.connect), tap=recorder.tap).open()
-    profile = MotorBoardProfile(link, spec)
+    profile = make_profile(spec, link, config.autopilot, config.lockstep)
     clock: Clock = LockstepClock(profile) if config.lockstep else MonotonicClock()
-    loop = ControlLoop(
-        profile,
-        planner,
-        ShieldLimits.from_spec(spec),
-        clock,
-        LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s),
-        recorder,
-    )
     first_command_s = float("nan")
+    mission_info: dict[str, object] = {}
     try:
         profile.connect(timeout_s=config.connect_timeout_s)
-        profile.arm()
-        profile.enter_control_mode()
-        recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__)
+        if spec.name == "quad":
+            limits, reference, ticks, mission_info = _take_off(profile, spec, config, planner_cfg.horizon, clock)
+        else:
+            profile.arm()
+            profile.enter_control_mode()
+            limits, reference, ticks = ShieldLimits.from_spec(spec), None, config.ticks
+        loop = ControlLoop(
+            profile,
+            planner,
+            limits,
+            clock,
+            LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s),
+            recorder,
+            reference,
+        )
+        recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__, **mission_info)
         first_command_s = time.monotonic() - t_start
         if on_ready is not None:
             on_ready()
-        stats = loop.run(config.ticks, stop, on_tick)
+        if config.mission.baseline and spec.name == "quad":
+            stats = _fly_baseline(profile, spec, config, clock, recorder, ticks, mission_info, stop)
+        else:
+            stats = loop.run(ticks, stop, on_tick)
         recorder.event("stats", clock.now(), **stats.to_dict())
+        if spec.name == "quad" and config.mission.land:
+            profile.land()
+            recorder.event("landed", clock.now(), armed=profile.armed)
+            mission_info["landed_disarmed"] = not profile.armed
     finally:
         try:
             profile.release()
@@ -112,9 +151,85 @@ def fly(
             recorder.close()
     log.info("flight done: %d ticks, %.1f Hz", stats.ticks, stats.achieved_rate_hz)
     result = FlightResult(stats, config.out_dir, first_command_s, _link_dict(link_stats))
-    summary = {"stats": stats.to_dict(), "start_to_first_command_s": first_command_s, "link": result.link}
+    summary = {"stats": stats.to_dict(), "start_to_first_command_s": first_command_s, "link": result.link,
+               "mission": mission_info}
     (config.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
+
+
+def _take_off(
+    profile: Any, spec: VehicleSpec, config: RunConfig, horizon: int, clock: Clock
+) -> tuple[ShieldLimits, Callable[[float], np.ndarray], int, dict[str, object]]:
+    """Control mode, arm, take off; then the figure-eight reference around where the vehicle is."""
+    m = config.mission
+    profile.enter_control_mode()
+    profile.arm()
+    _, x, _ = profile.state()
+    home = [float(x[spec.state_index(f"pos_{a}_m")]) for a in ("n", "e")]
+    ground_d = float(x[spec.state_index("pos_d_m")])
+    centre = (home[0], home[1], ground_d - m.takeoff_altitude_m)
+    profile.takeoff(m.takeoff_altitude_m)
+    _settle(profile, spec, centre, clock)
+    path = Figure8(centre, m.half_width_m, m.speed_mps)
+    start_s = clock.now()
+    fence = Geofence.for_velocity_setpoints(
+        spec,
+        (home[0] - m.fence_half_width_m, home[1] - m.fence_half_width_m, ground_d - m.fence_max_altitude_m),
+        (home[0] + m.fence_half_width_m, home[1] + m.fence_half_width_m, ground_d - m.fence_min_altitude_m),
+    )
+    step = m.max_accel_mps2 * spec.control_period_s
+    limits = ShieldLimits.from_spec(spec, max_step_change=(step,) * spec.action_dim, geofence=fence)
+    period = spec.control_period_s
+    ticks = config.ticks or round(m.laps * path.lap_s / period)
+    info: dict[str, object] = {
+        "path": "figure8", "centre_ned_m": centre, "half_width_m": m.half_width_m, "speed_mps": m.speed_mps,
+        "start_s": start_s, "lap_s": path.lap_s, "fence_min_ned_m": fence.min_ned_m, "fence_max_ned_m": fence.max_ned_m,
+        "baseline": m.baseline, "autopilot": config.autopilot,
+    }
+    return limits, (lambda t_s: reference_window(path, spec, t_s, horizon, period, start_s)), ticks, info
+
+
+def _settle(profile: Any, spec: VehicleSpec, centre: tuple[float, float, float], clock: Clock,
+            timeout_s: float = 10.0, speed_mps: float = 0.3, error_m: float = 0.3) -> None:
+    """Hold the start point until the take-off's climb has died out (an autopilot reports the
+    take-off done at the altitude, still climbing at up to its WPNAV speed)."""
+    period = spec.control_period_s
+    vel = [spec.state_index(f"vel_{a}_mps") for a in ("n", "e", "d")]
+    pos = [spec.state_index(f"pos_{a}_m") for a in ("n", "e", "d")]
+    deadline = t_end = clock.now()
+    t_end += timeout_s
+    while clock.now() < t_end:
+        _, x, _ = profile.state()
+        if np.linalg.norm(x[vel]) < speed_mps and np.linalg.norm(x[pos] - np.asarray(centre)) < error_m:
+            return
+        profile.send_position(centre, (0.0, 0.0, 0.0))
+        deadline += period
+        clock.sleep_until(deadline)
+    log.warning("vehicle did not settle at %s within %.0f s; starting the mission anyway", centre, timeout_s)
+
+
+def _fly_baseline(
+    profile: Any, spec: VehicleSpec, config: RunConfig, clock: Clock, recorder: FlightRecorder, ticks: int,
+    info: dict[str, Any], stop: threading.Event | None,
+) -> LoopStats:
+    """The same reference streamed as position + velocity setpoints to the autopilot's own controller."""
+    path = Figure8(tuple(info["centre_ned_m"]), info["half_width_m"], info["speed_mps"])
+    period, start_s = spec.control_period_s, float(info["start_s"])
+    deadline = clock.now()
+    for _ in range(ticks):
+        if stop is not None and stop.is_set():
+            break
+        now = clock.now()
+        _, state, _ = profile.state()
+        pos, vel = path.position_velocity(np.array([now - start_s + period]))
+        profile.send_position(tuple(map(float, pos[0])), tuple(map(float, vel[0])))
+        recorder.tick(now, state, vel[0].astype(np.float32), None, float("nan"), max(0.0, now - deadline), 0)
+        deadline += period
+        clock.sleep_until(deadline)
+    zeros = dict.fromkeys(("plan_latency_p50_ms", "plan_latency_p99_ms", "plan_latency_max_ms"), float("nan"))
+    return LoopStats(ticks=ticks, duration_s=ticks * period, achieved_rate_hz=1 / period, lateness_p50_ms=float("nan"),
+                     lateness_p99_ms=float("nan"), lateness_max_ms=float("nan"), overruns=0, missed_deadlines=0,
+                     stale_ticks=0, shield_clipped=0, shield_nonfinite=0, shield_fenced=0, fallbacks={}, **zeros)
 
 
 def _link_dict(stats: object) -> dict[str, object]:
