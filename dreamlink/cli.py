@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dreamlink.demo import print_flight_report
     from dreamlink.deploy.sdnotify import SdNotifier, WatchdogPet
     from dreamlink.runtime.mppi import MppiConfig
-    from dreamlink.runtime.onboard import RunConfig, fly
+    from dreamlink.runtime.onboard import MissionConfig, RunConfig, fly
     from dreamlink.runtime.session import SessionConfig
 
     planner = None
@@ -106,6 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             horizon=args.horizon or base.horizon,
             noise_sigma=base.noise_sigma,
             temperature=base.temperature,
+            noise_smoothing=base.noise_smoothing,
         )
     config = RunConfig(
         bundle=Path(args.bundle),
@@ -117,6 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         planner=planner,
         session=SessionConfig(intra_op_threads=args.threads),
+        autopilot=args.autopilot,
+        mission=MissionConfig(
+            takeoff_altitude_m=args.altitude_m,
+            half_width_m=args.half_width_m,
+            speed_mps=args.speed_mps,
+            laps=args.laps,
+            baseline=args.baseline,
+        ),
     )
     stop = threading.Event()
     # SIGTERM (systemd stop, kill) ends the flight through the same path as the tick limit, so
@@ -204,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--horizon", type=_positive_int, default=0)
     r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     r.add_argument("--seed", type=_positive_int, default=0)
+    q = r.add_argument_group("multirotor mission (quad bundles): take off, figure-eight, land")
+    q.add_argument("--autopilot", choices=["ardupilot", "px4"], default="", help="the flight controller's family")
+    q.add_argument("--altitude-m", type=float, default=5.0, help="take-off altitude above the start point")
+    q.add_argument("--half-width-m", type=float, default=3.0)
+    q.add_argument("--speed-mps", type=float, default=2.0, help="mean speed along the figure-eight")
+    q.add_argument("--laps", type=float, default=2.0, help="laps to fly (when --ticks is 0)")
+    q.add_argument("--baseline", action="store_true",
+                   help="stream the reference as position setpoints to the autopilot instead of planning")
     r.set_defaults(func=cmd_run)
 
     from dreamlink.deploy.cli_commands import add_deploy_commands

@@ -107,3 +107,25 @@ def plot_imagined_vs_actual(ticks: dict[str, Any], path: Path, every: int = 50, 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def quad_summary(ticks: dict[str, Any], mission: dict[str, Any]) -> dict[str, Any]:
+    """Tracking RMSE and max deviation against the figure-eight, and how close the fence came."""
+    from dreamlink.runtime.mission import Figure8
+
+    spec: VehicleSpec = ticks["spec"]
+    pos_idx = [spec.state_index(f"pos_{a}_m") for a in ("n", "e", "d")]
+    path = Figure8(tuple(mission["centre_ned_m"]), mission["half_width_m"], mission["speed_mps"], mission["ramp_s"])
+    ref, _ = path.position_velocity(ticks["t_s"] - mission["start_s"])
+    pos = ticks["state"][:, pos_idx]
+    err = np.linalg.norm(pos - ref, axis=1)
+    lo, hi = np.asarray(mission["fence_min_ned_m"]), np.asarray(mission["fence_max_ned_m"])
+    margin = np.minimum(pos - lo, hi - pos).min(axis=1)
+    return {
+        "ticks": len(err),
+        "tracking_rmse_m": float(np.sqrt(np.mean(err**2))) if len(err) else float("nan"),
+        "max_deviation_m": float(err.max()) if len(err) else float("nan"),
+        "min_fence_margin_m": float(margin.min()) if len(margin) else float("nan"),
+        "fence_breaches": int((margin < 0).sum()),
+        "landed_disarmed": mission.get("landed_disarmed"),
+    }

@@ -14,17 +14,21 @@ from dreamlink.spec import VehicleSpec
 class Figure8:
     """A horizontal figure-eight (Lissajous 1:2) around `center_ned_m`, flown at a mean `speed_mps`.
 
-    n(t) = w sin(ωt), e(t) = (w/2) sin(2ωt), d = center; ω is set so the mean ground speed over a
-    lap equals `speed_mps` (the peak is about 1.3x that, at the crossing).
+    n(t) = w sin(θ), e(t) = (w/2) sin(2θ), d = center, with θ(t) = ω (t - τ (1 - exp(-t/τ))): the
+    path speed ramps up from rest with time constant τ = `ramp_s` (a vehicle hovering at the centre
+    cannot jump to the path's 2.9 m/s; without the ramp it starts a second behind and never catches
+    up). ω is set so the mean ground speed over a lap at full speed equals `speed_mps` (the peak is
+    about 1.45x that, at the crossing).
     """
 
     center_ned_m: tuple[float, float, float] = (0.0, 0.0, -5.0)
     half_width_m: float = 3.0
     speed_mps: float = 2.0
+    ramp_s: float = 1.5
 
     def __post_init__(self) -> None:
-        if not (self.half_width_m > 0 and self.speed_mps > 0):
-            raise ValueError(f"Figure8: half_width_m and speed_mps must be > 0, got {self}")
+        if not (self.half_width_m > 0 and self.speed_mps > 0 and self.ramp_s >= 0):
+            raise ValueError(f"Figure8: half_width_m and speed_mps must be > 0 and ramp_s >= 0, got {self}")
 
     @property
     def omega_radps(self) -> float:
@@ -40,11 +44,16 @@ class Figure8:
 
     def position_velocity(self, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """t_s [T] -> positions [T,3] (m, NED), velocities [T,3] (m/s)."""
-        om, w = self.omega_radps, self.half_width_m
-        ph = om * np.asarray(t_s, dtype=np.float64)
+        om, w, tau = self.omega_radps, self.half_width_m, self.ramp_s
+        t = np.maximum(np.asarray(t_s, dtype=np.float64), 0.0)
+        if tau > 0:
+            ph = om * (t - tau * (1.0 - np.exp(-t / tau)))
+            rate = om * (1.0 - np.exp(-t / tau))  # dθ/dt
+        else:
+            ph, rate = om * t, np.full_like(t, om)
         c = np.asarray(self.center_ned_m)
         pos = np.stack([c[0] + w * np.sin(ph), c[1] + 0.5 * w * np.sin(2 * ph), np.full_like(ph, c[2])], axis=-1)
-        vel = np.stack([w * om * np.cos(ph), w * om * np.cos(2 * ph), np.zeros_like(ph)], axis=-1)
+        vel = np.stack([w * rate * np.cos(ph), w * rate * np.cos(2 * ph), np.zeros_like(ph)], axis=-1)
         return pos, vel
 
 

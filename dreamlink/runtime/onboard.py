@@ -47,12 +47,13 @@ class MissionConfig:
     half_width_m: float = 3.0
     speed_mps: float = 2.0
     laps: float = 2.0
+    ramp_s: float = 1.5  # the path's speed ramps up from rest with this time constant
     baseline: bool = False
     land: bool = True
     fence_half_width_m: float = 15.0
     fence_min_altitude_m: float = 1.0
     fence_max_altitude_m: float = 20.0
-    max_accel_mps2: float = 5.0  # slew limit on the velocity setpoints
+    max_accel_mps2: float = 10.0  # slew limit on the velocity setpoints
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def _take_off(
     centre = (home[0], home[1], ground_d - m.takeoff_altitude_m)
     profile.takeoff(m.takeoff_altitude_m)
     _settle(profile, spec, centre, clock)
-    path = Figure8(centre, m.half_width_m, m.speed_mps)
+    path = Figure8(centre, m.half_width_m, m.speed_mps, m.ramp_s)
     start_s = clock.now()
     fence = Geofence.for_velocity_setpoints(
         spec,
@@ -183,6 +184,7 @@ def _take_off(
     ticks = config.ticks or round(m.laps * path.lap_s / period)
     info: dict[str, object] = {
         "path": "figure8", "centre_ned_m": centre, "half_width_m": m.half_width_m, "speed_mps": m.speed_mps,
+        "ramp_s": m.ramp_s,
         "start_s": start_s, "lap_s": path.lap_s, "fence_min_ned_m": fence.min_ned_m, "fence_max_ned_m": fence.max_ned_m,
         "baseline": m.baseline, "autopilot": config.autopilot,
     }
@@ -213,7 +215,7 @@ def _fly_baseline(
     info: dict[str, Any], stop: threading.Event | None,
 ) -> LoopStats:
     """The same reference streamed as position + velocity setpoints to the autopilot's own controller."""
-    path = Figure8(tuple(info["centre_ned_m"]), info["half_width_m"], info["speed_mps"])
+    path = Figure8(tuple(info["centre_ned_m"]), info["half_width_m"], info["speed_mps"], info["ramp_s"])
     period, start_s = spec.control_period_s, float(info["start_s"])
     deadline = clock.now()
     for _ in range(ticks):

@@ -1,0 +1,80 @@
+"""A short quadrotor flight in lockstep, as a user runs it: a world model learned from a lockstep
+ArduPilot-flavour SITL, then `dreamlink run` in its own process takes off, tracks a figure-eight
+by imagined replanning, and lands; PX4 flies the same mission through OFFBOARD with the
+position-setpoint baseline."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dreamlink.spec import QUAD
+
+pytestmark = [pytest.mark.sitl, pytest.mark.slow]
+
+# Where tracking stands today on this SITL (see README, "Quadrotor"): the bound a regression
+# must not cross, well short of the 0.35 m the quadrotor issue asks for.
+TRACKING_RMSE_BOUND_M = 2.0
+
+
+@pytest.fixture(scope="module")
+def quad_bundle(tmp_path_factory):
+    from dreamlink.bundle import update_manifest
+    from dreamlink.campaign.collect import QuadCollectConfig, collect_quad
+    from dreamlink.export.pack import pack_bundle
+    from dreamlink.firmware_bridge.link import Link, LinkConfig
+    from dreamlink.firmware_bridge.profiles import make_profile
+    from dreamlink.learning.train import TrainConfig, train_world_model
+    from dreamlink.learning.transitions import TransitionSet
+    from dreamlink.learning.world_model import WorldModelConfig
+    from dreamlink.sim.launcher import SitlProcess
+
+    sets = []
+    for seed in (1, 2):
+        with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", "ardupilot")) as sitl, \
+                Link(LinkConfig(sitl.connect_string)) as link:
+            profile = make_profile(QUAD, link, "ardupilot", lockstep=True)
+            profile.connect(timeout_s=30)
+            d = collect_quad(profile, QUAD, QuadCollectConfig(seconds=40, seed=seed))
+            sets.append(TransitionSet(d.spec, d.state, d.action, d.next_state, np.full(len(d), seed), d.meta))
+    data = TransitionSet.concat(sets)
+    config = WorldModelConfig(hidden=64, layers=2, ensemble_size=3, ignore_inputs=("pos_n_m", "pos_e_m", "pos_d_m",
+                                                                                   "yaw_rad"))
+    result = train_world_model(data, config, TrainConfig(epochs=20, seed=0))
+    bundle, parity = pack_bundle(tmp_path_factory.mktemp("quad") / "bundle", QUAD, result.model)
+    assert parity.ok
+    planner = {"samples": 128, "horizon": 30, "noise_sigma": 0.3, "temperature": 3.0, "noise_smoothing": 0.9}
+    return update_manifest(bundle, calibration={"planner": planner}).root
+
+
+def fly(bundle, tmp_path, flavour: str, *extra: str) -> tuple[dict, dict]:
+    from dreamlink.reports import load_ticks, quad_summary
+    from dreamlink.sim.launcher import SitlProcess
+
+    out = tmp_path / flavour
+    with SitlProcess("quad", lockstep=True, seed=21, extra_args=("--flavour", flavour)) as sitl:
+        cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect", sitl.connect_string,
+               "--lockstep", "--autopilot", flavour, "--laps", "1", "--out", str(out), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    return summary, quad_summary(load_ticks(out / "ticks.npz"), summary["mission"])
+
+
+def test_ardupilot_take_off_track_figure_eight_by_planning_and_land(quad_bundle, tmp_path):
+    summary, flight = fly(quad_bundle, tmp_path, "ardupilot")
+    assert flight["landed_disarmed"] is True
+    assert flight["fence_breaches"] == 0 and flight["min_fence_margin_m"] > 0
+    assert flight["tracking_rmse_m"] < TRACKING_RMSE_BOUND_M, flight
+    assert summary["stats"]["fallbacks"] == {} and summary["stats"]["ticks"] == flight["ticks"]
+
+
+def test_px4_offboard_mission_with_the_position_baseline_lands(quad_bundle, tmp_path):
+    summary, flight = fly(quad_bundle, tmp_path, "px4", "--baseline")
+    assert flight["landed_disarmed"] is True and flight["fence_breaches"] == 0
+    assert flight["tracking_rmse_m"] < 3.0, flight  # the autopilot's own controller, for comparison
+    assert summary["mission"]["autopilot"] == "px4" and summary["mission"]["baseline"] is True
