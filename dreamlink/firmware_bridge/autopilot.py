@@ -83,6 +83,9 @@ _TIME_TOLERANCE_S = 5e-4  # time_boot_ms is whole ms; callers compute targets in
 _WARN_EVERY_S = 5.0
 
 
+FORCE_DISARM = 21196.0  # param2 of MAV_CMD_COMPONENT_ARM_DISARM: skip the "landed" check (both autopilots)
+
+
 class AutopilotError(RuntimeError):
     """The autopilot is not in a state for the requested action; the message says what to do."""
 
@@ -446,6 +449,15 @@ class AutopilotProfile:
 
     def release(self) -> None:
         raise NotImplementedError
+
+    def emergency_stop(self) -> None:
+        """E-stop: force-disarm now (MAV_CMD_COMPONENT_ARM_DISARM, param2 21196, which both ArduPilot and
+        PX4 honour in the air: the motors stop and the vehicle falls). Fire and forget, then confirm."""
+        try:
+            self.link.mav.command_long_send(self.config.target_system, self.config.target_component,
+                                            mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, 0.0, FORCE_DISARM, 0, 0, 0, 0, 0)
+        except Exception as exc:
+            log.warning("emergency stop: could not reach the autopilot: %s", exc)
 
     # -- what the runtime and missions read --------------------------------------------------------
 

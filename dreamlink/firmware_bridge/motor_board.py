@@ -180,6 +180,15 @@ class MotorBoardProfile:
         except Exception as exc:
             log.warning("release: could not disarm the motor board: %s", exc)
 
+    def emergency_stop(self) -> None:
+        """E-stop: motor to zero and disarm at once, one try each (no waiting on a dead link)."""
+        try:
+            self.send(np.zeros(self.spec.action_dim, dtype=np.float32))
+            self.link.mav.command_long_send(self.config.target_system, self.config.target_component,
+                                            mavlink.MAV_CMD_COMPONENT_ARM_DISARM, 0, 0.0, 0, 0, 0, 0, 0, 0)
+        except Exception as exc:
+            log.warning("emergency stop: could not reach the motor board: %s", exc)
+
     def request_sim_reset(self, seed: int | None, max_angle_rad: float = 0.05, max_pos_m: float = 0.0) -> None:
         """SITL only: reset the cart-pole near upright (MAV_CMD_USER_1) and wait for the first state after it.
 

@@ -36,12 +36,16 @@ class Profile(Protocol):
 
     def send(self, action: np.ndarray) -> None: ...
 
+    def emergency_stop(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class LoopConfig:
     rate_hz: float = 50.0
     stale_limit_s: float = 0.1  # older telemetry is not planned on
     max_plan_latency_s: float = 0.0  # 0: two control periods; a slower plan is not used
+    disagreement_limit: float = float("inf")  # ensemble spread (state-range units) past which a plan is distrusted
+    failsafe_after_s: float = 1.0  # stale telemetry this long: ask for the vehicle's own failsafe
 
     @property
     def period_s(self) -> float:
@@ -60,6 +64,8 @@ class LoopCounters:
     overruns: int = 0  # tick work ended after the next deadline
     missed_deadlines: int = 0  # deadlines skipped because of overruns
     stale_ticks: int = 0
+    failsafes: int = 0
+    estops: int = 0
     shield_clipped: int = 0
     shield_nonfinite: int = 0
     shield_fenced: int = 0
@@ -80,6 +86,8 @@ class LoopStats:
     overruns: int
     missed_deadlines: int
     stale_ticks: int
+    failsafes: int
+    estops: int
     shield_clipped: int
     shield_nonfinite: int
     shield_fenced: int
@@ -104,10 +112,18 @@ class ControlLoop:
         config: LoopConfig,
         recorder: FlightRecorder | None = None,
         reference: Callable[[float], np.ndarray] | None = None,
+        estop: threading.Event | None = None,
+        failsafe: Callable[[], object] | None = None,
     ) -> None:
-        """`reference(t_s) -> [H,S]` is the tracking target over the horizon from `t_s` (None: fixed task)."""
+        """`reference(t_s) -> [H,S]` is the tracking target over the horizon from `t_s` (None: fixed task);
+        `estop` set (by the ground station listener) ends the flight with the motors stopped at the next
+        tick; `failsafe()` asks the vehicle for its own failsafe when telemetry stays stale."""
         self.profile, self.planner, self.limits, self.clock = profile, planner, limits, clock
         self.reference = reference
+        self.estop = estop
+        self.failsafe = failsafe
+        self.stopped_by_estop = False
+        self._stale_since: float | None = None
         self.config, self.recorder = config, recorder
         self.counters = LoopCounters()
         self.previous: Plan | None = None
@@ -128,13 +144,17 @@ class ControlLoop:
 
     def tick(self, now_s: float, lateness_s: float) -> np.ndarray:
         """One control tick at `now_s`; returns the action sent."""
+        if self.estop is not None and self.estop.is_set():
+            return self._emergency_stop(now_s)
         _, state, age_s = self.profile.state()
         plan: Plan | None = None
         latency_s = float("nan")
         if age_s > self.config.stale_limit_s or not np.all(np.isfinite(state)):
             self.counters.stale_ticks += 1
             action, source = self._fallback("stale_state", now_s)
+            self._on_stale(now_s)
         else:
+            self._stale_since = None
             t0 = time.perf_counter()
             try:
                 ref = self.reference(now_s) if self.reference is not None else None
@@ -151,6 +171,9 @@ class ControlLoop:
             elif latency_s > self.config.plan_latency_limit_s:
                 plan = None
                 action, source = self._fallback("plan_overrun", now_s)
+            elif plan.disagreement > self.config.disagreement_limit:
+                plan = None
+                action, source = self._fallback("model_uncertain", now_s)
             else:
                 action, source = plan.actions[0], SOURCE_PLAN
         safe = shield(action, self.limits, state, self._last_sent)
@@ -174,6 +197,35 @@ class ControlLoop:
         self._lateness.append(lateness_s)
         return safe.action
 
+    def _on_stale(self, now_s: float) -> None:
+        """No fresh state: hold (done by the fallback); past `failsafe_after_s`, hand over to the vehicle."""
+        if self._stale_since is None:
+            self._stale_since = now_s
+        elif self.failsafe is not None and now_s - self._stale_since >= self.config.failsafe_after_s:
+            self.counters.failsafes += 1
+            if self.recorder:
+                self.recorder.event("failsafe", now_s, stale_s=now_s - self._stale_since)
+            log.error("telemetry stale for %.2f s: asking the vehicle for its failsafe", now_s - self._stale_since)
+            try:
+                self.failsafe()
+            except Exception as e:
+                log.error("failsafe request failed: %s", e)
+            self._stale_since = None  # ask again only after another full stale period
+
+    def _emergency_stop(self, now_s: float) -> np.ndarray:
+        """Motors safe now: the profile's e-stop (zero / force-disarm); the loop ends after this tick."""
+        hold = np.asarray(self.limits.hold_action, dtype=np.float32)
+        if not self.stopped_by_estop:
+            self.stopped_by_estop = True
+            self.counters.estops += 1
+            self.profile.emergency_stop()
+            if self.recorder:
+                self.recorder.event("estop", now_s)
+        self.counters.ticks += 1
+        self._latency.append(float("nan"))
+        self._lateness.append(float("nan"))
+        return hold
+
     def run(
         self, ticks: int, stop: threading.Event | None = None, on_tick: Callable[[], None] | None = None
     ) -> LoopStats:
@@ -185,6 +237,8 @@ class ControlLoop:
         paced_by_vehicle = getattr(self.clock, "paced_by_vehicle", False)
         start = deadline = self.clock.now()
         while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
+            if self.stopped_by_estop:
+                break
             now = self.clock.now()
             self.tick(now, max(0.0, now - deadline))
             if on_tick is not None:
@@ -220,6 +274,8 @@ class ControlLoop:
             overruns=c.overruns,
             missed_deadlines=c.missed_deadlines,
             stale_ticks=c.stale_ticks,
+            failsafes=c.failsafes,
+            estops=c.estops,
             shield_clipped=c.shield_clipped,
             shield_nonfinite=c.shield_nonfinite,
             shield_fenced=c.shield_fenced,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.bundle import BundleError, load_bundle
+from dreamlink.firmware_bridge.ground_station import EstopListener
 from dreamlink.firmware_bridge.link import Link, LinkConfig
 from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
@@ -110,6 +111,7 @@ def fly(
     recorder = FlightRecorder(config.out_dir, spec, planner_cfg.horizon, max_ticks)
     link = Link(LinkConfig(connect=config.connect), tap=recorder.tap).open()
     profile = make_profile(spec, link, config.autopilot, config.lockstep)
+    estop = EstopListener(link)
     clock: Clock = LockstepClock(profile) if config.lockstep else MonotonicClock()
     first_command_s = float("nan")
     mission_info: dict[str, object] = {}
@@ -121,14 +123,18 @@ def fly(
             profile.arm()
             profile.enter_control_mode()
             limits, reference, ticks = ShieldLimits.from_spec(spec), None, config.ticks
+        disagreement_limit = float(bundle.manifest.calibration.get("disagreement_threshold", float("inf")))
         loop = ControlLoop(
             profile,
             planner,
             limits,
             clock,
-            LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s),
+            LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s, disagreement_limit=disagreement_limit),
             recorder,
             reference,
+            estop=estop.triggered,
+            # An autopilot has failsafe modes of its own (RTL/LAND); a motor board's is motor off.
+            failsafe=getattr(profile, "failsafe", profile.release),
         )
         recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__, **mission_info)
         first_command_s = time.monotonic() - t_start
@@ -139,7 +145,9 @@ def fly(
         else:
             stats = loop.run(ticks, stop, on_tick)
         recorder.event("stats", clock.now(), **stats.to_dict())
-        if spec.name == "quad" and config.mission.land:
+        if loop.stopped_by_estop:
+            mission_info["estop_from"] = estop.source
+        elif spec.name == "quad" and config.mission.land:
             profile.land()
             recorder.event("landed", clock.now(), armed=profile.armed)
             mission_info["landed_disarmed"] = not profile.armed
@@ -228,10 +236,13 @@ def _fly_baseline(
         recorder.tick(now, state, vel[0].astype(np.float32), None, float("nan"), max(0.0, now - deadline), 0)
         deadline += period
         clock.sleep_until(deadline)
-    zeros = dict.fromkeys(("plan_latency_p50_ms", "plan_latency_p99_ms", "plan_latency_max_ms"), float("nan"))
-    return LoopStats(ticks=ticks, duration_s=ticks * period, achieved_rate_hz=1 / period, lateness_p50_ms=float("nan"),
-                     lateness_p99_ms=float("nan"), lateness_max_ms=float("nan"), overruns=0, missed_deadlines=0,
-                     stale_ticks=0, shield_clipped=0, shield_nonfinite=0, shield_fenced=0, fallbacks={}, **zeros)
+    nan = float("nan")
+    counts: dict[str, Any] = dict.fromkeys(("overruns", "missed_deadlines", "stale_ticks", "failsafes", "estops", "shield_clipped",
+                            "shield_nonfinite", "shield_fenced"), 0)
+    timing: dict[str, Any] = dict.fromkeys(("plan_latency_p50_ms", "plan_latency_p99_ms", "plan_latency_max_ms", "lateness_p50_ms",
+                            "lateness_p99_ms", "lateness_max_ms"), nan)
+    return LoopStats(ticks=ticks, duration_s=ticks * period, achieved_rate_hz=1 / period, fallbacks={}, **counts,
+                     **timing)
 
 
 def _link_dict(stats: object) -> dict[str, object]:

@@ -55,6 +55,9 @@ class SitlProcess:
         self.extra_args = tuple(extra_args)
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        # Where the vehicle's own socket is (learned from its first heartbeat): a second client, such as
+        # a ground station or a fault proxy, talks to the vehicle there.
+        self.vehicle_address: tuple[str, int] | None = None
         self._log: IO[bytes] | None = None
 
     @property
@@ -112,11 +115,12 @@ class SitlProcess:
                                 f"heartbeat:\n{self.output_tail()}")
             listener.settimeout(0.1)
             try:
-                datagram = listener.recv(65536)
+                datagram, address = listener.recvfrom(65536)
             except TimeoutError:
                 continue
             for msg in parser.parse_buffer(datagram) or []:
                 if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_HEARTBEAT:
+                    self.vehicle_address = (str(address[0]), int(address[1]))
                     return
         raise SitlError(f"SITL {self.vehicle} (pid {self.pid}) sent no heartbeat to {self.connect_string} within "
                         f"{self.heartbeat_timeout_s:.1f} s; its output:\n{self.output_tail()}")
