@@ -237,10 +237,12 @@ def _fly_baseline(
         deadline += period
         clock.sleep_until(deadline)
     nan = float("nan")
-    counts: dict[str, Any] = dict.fromkeys(("overruns", "missed_deadlines", "stale_ticks", "failsafes", "estops", "shield_clipped",
-                            "shield_nonfinite", "shield_fenced"), 0)
-    timing: dict[str, Any] = dict.fromkeys(("plan_latency_p50_ms", "plan_latency_p99_ms", "plan_latency_max_ms", "lateness_p50_ms",
-                            "lateness_p99_ms", "lateness_max_ms"), nan)
+    count_keys = ("overruns", "missed_deadlines", "stale_ticks", "failsafes", "estops", "shield_clipped",
+                  "shield_nonfinite", "shield_fenced")
+    timing_keys = ("plan_latency_p50_ms", "plan_latency_p99_ms", "plan_latency_max_ms", "lateness_p50_ms",
+                   "lateness_p99_ms", "lateness_max_ms")
+    counts: dict[str, Any] = dict.fromkeys(count_keys, 0)
+    timing: dict[str, Any] = dict.fromkeys(timing_keys, nan)
     return LoopStats(ticks=ticks, duration_s=ticks * period, achieved_rate_hz=1 / period, fallbacks={}, **counts,
                      **timing)
 
