@@ -5,6 +5,14 @@ whole before anything uses it: schema, every file's sha256, and each ONNX file's
 inputs/outputs against the contract of its role and the bundle's `VehicleSpec`.
 A bundle that fails any check raises `BundleError` naming the file and what was
 expected; nothing is half-loaded.
+
+Signature: `sign_bundle` writes `signature.ed25519`, an Ed25519 signature (64 raw bytes) over the
+exact bytes of `manifest.json`. The manifest holds every file's sha256, so signing it covers the
+files; `load_bundle(path, public_key=...)` checks the signature over the manifest bytes *before*
+parsing them, then the hashes, so a device configured with a public key loads only what the key's
+owner signed. Keys: PEM (`openssl genpkey -algorithm ed25519`), OpenSSH, or 32 raw bytes;
+`write_signing_keypair` makes a pair. The private key file must be accessible by its owner only.
+Uses the `cryptography` package, imported only when a signature is made or checked.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 FORMAT = "dreamlink-bundle"
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.ed25519"
 ROLES = ("world_model", "policy", "planner")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -89,6 +98,7 @@ class Bundle:
 
     root: Path
     manifest: Manifest
+    manifest_sha256: str = ""  # of the manifest bytes that were verified and parsed
 
     @property
     def spec(self) -> VehicleSpec:
@@ -242,10 +252,13 @@ def _safe_extract(tar_path: Path, dest: Path) -> None:
         raise BundleError(f"{tar_path}: not a readable bundle tar ({e})") from None
 
 
-def load_bundle(path: str | os.PathLike[str], check_models: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], check_models: bool = True,
+                public_key: str | os.PathLike[str] | None = None) -> Bundle:
     """Read and verify a bundle folder or `.tar`. Raises `BundleError` on any mismatch.
 
-    A `.tar` is unpacked into a private temporary folder that lives as long as the process.
+    With `public_key` (an Ed25519 public key file), the bundle must carry a signature by the
+    matching private key over its manifest. A `.tar` is unpacked into a private temporary
+    folder that lives as long as the process.
     """
     p = Path(path)
     if not p.exists():
@@ -262,8 +275,11 @@ def load_bundle(path: str | os.PathLike[str], check_models: bool = True) -> Bund
     mpath = p / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{p}: no {MANIFEST}; this is not a bundle folder")
+    raw = mpath.read_bytes()  # read once: the bytes checked are the bytes parsed
+    if public_key is not None:
+        _verify_manifest_signature(p, raw, Path(public_key))
     try:
-        data = json.loads(mpath.read_text())
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{mpath}: not valid JSON ({e}); re-copy the bundle") from None
     manifest = _parse_manifest(data, str(mpath))
@@ -280,8 +296,8 @@ def load_bundle(path: str | os.PathLike[str], check_models: bool = True) -> Bund
     if check_models:
         for role, f in manifest.files.items():
             check_onnx_contract(p / f.path, role, manifest.spec, f.ensemble_size)
-    log.info("bundle %s verified (%d files)", p, len(manifest.files))
-    return Bundle(p.resolve(), manifest)
+    log.info("bundle %s verified (%d files%s)", p, len(manifest.files), ", signature good" if public_key else "")
+    return Bundle(p.resolve(), manifest, hashlib.sha256(raw).hexdigest())
 
 
 def write_bundle(
@@ -349,6 +365,11 @@ def update_manifest(bundle: Bundle, **sections: Mapping[str, Any]) -> Bundle:
     tmp = bundle.root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, bundle.root / MANIFEST)
+    stale = bundle.root / SIGNATURE
+    if stale.exists():  # it covered the old manifest: keeping it would only fail later, less clearly
+        stale.unlink()
+        log.warning("%s: removed %s, which signed the previous manifest; sign the bundle again", bundle.root,
+                    SIGNATURE)
     return load_bundle(bundle.root)
 
 
@@ -363,3 +384,146 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+# -- signatures ---------------------------------------------------------------------------------------------
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives import serialization
+    except ModuleNotFoundError:
+        raise BundleError("bundle signatures need the `cryptography` package; pip install cryptography") from None
+    return serialization
+
+
+def _read_key_file(path: Path, what: str, private: bool) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise BundleError(f"{what} {path}: cannot read it ({e.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+        if private and mode & 0o077:
+            raise BundleError(f"{what} {path} has mode {mode:04o}: group or others can access it; "
+                              f"run `chmod 600 {path}`")
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _load_private_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    serialization = _crypto()
+    data = _read_key_file(path, "bundle signing key", private=True)
+    try:
+        if len(data) == 32:
+            return Ed25519PrivateKey.from_private_bytes(data)
+        if b"OPENSSH PRIVATE KEY" in data:
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"bundle signing key {path}: not an unencrypted Ed25519 private key "
+                          f"(PEM, OpenSSH or 32 raw bytes): {e}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"bundle signing key {path}: a {type(key).__name__}, expected an Ed25519 key")
+    return key
+
+
+def _load_public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    serialization = _crypto()
+    data = _read_key_file(path, "bundle public key", private=False)
+    try:
+        if len(data) == 32:
+            return Ed25519PublicKey.from_public_bytes(data)
+        if data.lstrip().startswith(b"ssh-ed25519"):
+            key = serialization.load_ssh_public_key(data.strip())
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"bundle public key {path}: not an Ed25519 public key (PEM, OpenSSH or 32 raw bytes): "
+                          f"{e}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"bundle public key {path}: a {type(key).__name__}, expected an Ed25519 key")
+    return key
+
+
+def write_signing_keypair(private_key_path: str | os.PathLike[str], public_key_path: str | os.PathLike[str]) -> None:
+    """A new Ed25519 key pair as PEM files: the private one mode 0600 (never overwritten), the public one 0644."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    serialization = _crypto()
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        fd = os.open(private_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise BundleError(f"bundle signing key {private_key_path}: already exists; not overwriting a key") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, private_pem)
+    finally:
+        os.close(fd)
+    Path(public_key_path).write_bytes(public_pem)
+
+
+def sign_bundle(bundle_dir: str | os.PathLike[str], private_key_path: str | os.PathLike[str]) -> Path:
+    """Sign a bundle folder's manifest with an Ed25519 private key; returns the signature file.
+
+    The bundle is verified first (a bundle whose files do not match its manifest is not signed)."""
+    root = Path(bundle_dir)
+    if not root.is_dir():
+        raise BundleError(f"{root}: expected a bundle folder to sign (unpack a .tar, sign, pack it again)")
+    bundle = load_bundle(root)
+    key = _load_private_key(Path(private_key_path))
+    raw = (bundle.root / MANIFEST).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != bundle.manifest_sha256:
+        raise BundleError(f"{bundle.root / MANIFEST}: changed while signing; try again")
+    signature = key.sign(raw)
+    tmp = bundle.root / (SIGNATURE + ".tmp")
+    tmp.write_bytes(signature)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, bundle.root / SIGNATURE)
+    log.info("signed %s (manifest sha256 %s…)", bundle.root, bundle.manifest_sha256[:12])
+    return bundle.root / SIGNATURE
+
+
+def verify_signature(bundle: Bundle | str | os.PathLike[str], public_key_path: str | os.PathLike[str]) -> None:
+    """Check the bundle's `signature.ed25519` against a public key; raises `BundleError` naming the file.
+
+    Given a loaded `Bundle`, also refuses a manifest that changed on disk since it was loaded."""
+    if not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle, check_models=False)
+    raw = (bundle.root / MANIFEST).read_bytes()
+    if bundle.manifest_sha256 and hashlib.sha256(raw).hexdigest() != bundle.manifest_sha256:
+        raise BundleError(f"{bundle.root / MANIFEST}: changed on disk since the bundle was loaded; load it again")
+    _verify_manifest_signature(bundle.root, raw, Path(public_key_path))
+
+
+def _verify_manifest_signature(root: Path, manifest_bytes: bytes, public_key_path: Path) -> None:
+    from cryptography.exceptions import InvalidSignature
+
+    key = _load_public_key(public_key_path)
+    sig_path = root / SIGNATURE
+    if not sig_path.is_file():
+        raise BundleError(f"{SIGNATURE}: missing from {root}; this device only loads bundles signed for "
+                          f"{public_key_path} (sign it with dreamlink.bundle.sign_bundle)")
+    signature = sig_path.read_bytes()
+    if len(signature) != 64:
+        raise BundleError(f"{sig_path}: {len(signature)} bytes, expected a 64-byte Ed25519 signature; sign the "
+                          "bundle again")
+    try:
+        key.verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{sig_path}: does not verify against {public_key_path} (the manifest changed after "
+                          "signing, or another key signed it); re-sign the bundle or check the device's key") from None

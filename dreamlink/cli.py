@@ -143,8 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dreamlink.demo import demo_cartpole
+    from dreamlink.demo import demo_cartpole, demo_quad
 
+    if args.vehicle == "quad":
+        out = Path(args.out if args.out != "runs/demo-cartpole" else "runs/demo-quad")
+        return demo_quad(out, args.seed, args.flights, args.seconds, args.epochs, args.laps, args.wind_mps)
     return demo_cartpole(Path(args.out), args.seed, args.transitions, args.ticks, args.epochs)
 
 
@@ -156,12 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the whole loop end to end: SITL, collect, train, export, fly, report")
-    d.add_argument("vehicle", choices=["cartpole"])
+    d.add_argument("vehicle", choices=["cartpole", "quad"])
     d.add_argument("--seed", type=_positive_int, default=0)
     d.add_argument("--out", default="runs/demo-cartpole", help="folder for data, bundle, flight logs, plots")
     d.add_argument("--transitions", type=_positive_int, default=20000)
     d.add_argument("--ticks", type=_positive_int, default=750, help="control ticks to fly (50 Hz)")
     d.add_argument("--epochs", type=_positive_int, default=40)
+    d.add_argument("--flights", type=_positive_int, default=6, help="quad: randomised data-collection flights")
+    d.add_argument("--seconds", type=float, default=60.0, help="quad: excitation seconds per flight")
+    d.add_argument("--laps", type=float, default=2.0, help="quad: figure-eight laps")
+    d.add_argument("--wind-mps", type=float, default=2.0, help="quad: mean wind in the flights")
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP")

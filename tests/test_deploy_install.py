@@ -169,10 +169,13 @@ def test_service_not_coming_up_rolls_back_and_restarts_the_old_model(
     assert result.steps[-2:] == ("rollback", "rollback-service")
 
 
-def test_public_key_without_verifier_is_refused(bundles: dict[str, Path], config: DeployConfig, tmp_path: Path) -> None:
+def test_public_key_without_verifier_is_refused(bundles: dict[str, Path], config: DeployConfig, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     key = tmp_path / "bundle.pub"
     key.write_text("ed25519 public key")
     keyed = replace(config, bundle_public_key=str(key))
+    # An installation without a signature verifier (dreamlink.bundle.verify_signature missing) must refuse.
+    monkeypatch.setattr("dreamlink.deploy.install.find_signature_verifier", lambda: None)
     with pytest.raises(InstallError, match="bundle_public_key is set"):
         install_bundle(bundles["good"], keyed, health_check=passing, verifier=None)
     assert active_slot(SlotLayout(config.state_path)) is None

@@ -131,7 +131,7 @@ def test_e_stop_from_the_ground_station_stops_the_motor_within_one_tick(tmp_path
         t.join(timeout=30)
     result = box["r"]
     assert result.stats.estops == 1 and result.stats.ticks < 1000
-    assert ack is None or ack.result == mavlink.MAV_RESULT_ACCEPTED  # the ACK goes to the link's peer (the board)
+    assert ack is not None and ack.result == mavlink.MAV_RESULT_ACCEPTED  # the ground station is a peer too
     log = mavutil.mavlink_connection(str(out / "flight.tlog"))
     after_estop = None
     while (m := log.recv_match()) is not None:

@@ -16,6 +16,21 @@ and a frame cut short at the datagram's end are dropped and counted in `rx_bad`;
 pymavlink resynchronises on the next start marker. Frames with ids this dialect does not know are
 stepped over and counted in `rx_unknown`. Nothing received ever kills the receive thread.
 
+Security (`dreamlink.firmware_bridge.security` has the details and the why):
+- Signing: with `signing_key_file` set, every frame sent is signed (MAVLink 2 signing through
+  pymavlink's signer, link id `link_id`, timestamp kept at least at wall-clock time) and a frame
+  received is delivered only if its signature is good and newer than its stream's last one; an
+  unsigned frame only if it is RADIO_STATUS or `accept_unsigned` is on and it is no command.
+  Rejected frames are counted (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`) and never
+  reach subscribers, waiters, `latest()` or the tap. With signing on, only a signed frame makes its
+  sender a peer of a listening UDP link, so a spoofer cannot make us talk to it.
+  Duplicated or reordered signed frames are replays by the spec's rule: dropped and counted.
+- Sources: with `allowed_sources` set, command messages (COMMAND_LONG/INT, SET_*, parameter and
+  mission writes...) from any other (system, component) are dropped and counted in
+  `rx_source_rejected`; telemetry from anyone still flows.
+- The key is read once at `open()` from a file only its owner can access and never logged;
+  SETUP_SIGNING frames (which carry keys) never reach the tap, so never a .tlog.
+
 Time: receive times are `time.monotonic()` seconds (immune to wall-clock steps, comparable with
 the runtime's clock); the `tap` gets `time.time()` because a .tlog stamps frames with Unix time.
 """
@@ -43,10 +58,23 @@ if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
     mavutil.set_dialect(mavutil.current_dialect)
 mavlink: Any = mavutil.mavlink
 
+from dreamlink.firmware_bridge.security import (  # noqa: E402  (after the MAVLink 2 choice above)
+    SETUP_SIGNING_ID,
+    Admission,
+    Authenticator,
+    SigningKey,
+    SigningKeyError,
+    Verdict,
+    command_message_ids,
+    load_signing_key,
+    signing_timestamp,
+)
+
 log = logging.getLogger(__name__)
 
 Tap = Callable[[str, float, bytes], None]
 _SELECT_S = 0.1  # receive-thread poll: bounds how long close() waits for it
+_PEER_TIMEOUT_S = 5.0  # a listening link stops sending to an address silent this long (unless it is the only one)
 
 
 class LinkError(RuntimeError):
@@ -84,6 +112,10 @@ class LinkConfig:
     source_system: int = 1
     source_component: int = 191  # MAV_COMP_ID_ONBOARD_COMPUTER
     heartbeat_period_s: float = 1.0
+    signing_key_file: str = ""  # "" = no signing; else a 32-byte key file only its owner can read
+    link_id: int = 0  # MAVLink signing link id of this link (0..255)
+    accept_unsigned: bool = False  # with signing on: deliver unsigned telemetry (never unsigned commands)
+    allowed_sources: tuple[tuple[int, int], ...] = ()  # (sysid, compid) whose commands we accept; () = any
 
     def __post_init__(self) -> None:
         if not isinstance(self.connect, str) or not self.connect.strip():
@@ -96,6 +128,29 @@ class LinkConfig:
         if not (math.isfinite(self.heartbeat_period_s) and self.heartbeat_period_s >= 0):
             raise ValueError(f"LinkConfig.heartbeat_period_s: expected seconds >= 0 (0 = off), "
                              f"got {self.heartbeat_period_s!r}")
+        if not isinstance(self.signing_key_file, str):
+            raise ValueError(f"LinkConfig.signing_key_file: expected a path string (\"\" = no signing), "
+                             f"got {type(self.signing_key_file).__name__}")
+        if isinstance(self.link_id, bool) or not isinstance(self.link_id, int) or not 0 <= self.link_id <= 255:
+            raise ValueError(f"LinkConfig.link_id: expected 0..255, got {self.link_id!r}")
+        if not isinstance(self.accept_unsigned, bool):
+            raise ValueError(f"LinkConfig.accept_unsigned: expected true or false, got {self.accept_unsigned!r}")
+        object.__setattr__(self, "allowed_sources", _parse_sources(self.allowed_sources))
+
+
+def _parse_sources(value: Any) -> tuple[tuple[int, int], ...]:
+    """Normalise allowed_sources (a TOML file gives lists of lists) and check every id."""
+    expected = "a list of [system_id, component_id] pairs, system 1..255, component 0..255"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"LinkConfig.allowed_sources: expected {expected}, got {value!r}")
+    pairs = []
+    for item in value:
+        if (isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+                or not 1 <= item[0] <= 255 or not 0 <= item[1] <= 255):
+            raise ValueError(f"LinkConfig.allowed_sources: expected {expected}, got the entry {item!r}")
+        pairs.append((int(item[0]), int(item[1])))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -106,6 +161,11 @@ class LinkStats:
     rx_bad: int = 0  # malformed or garbage chunks dropped
     rx_unknown: int = 0  # well-formed frames with ids this dialect does not know, stepped over
     tx_frames: int = 0
+    rx_signed: int = 0  # delivered frames whose signature was checked good (signing on)
+    rx_unsigned_rejected: int = 0  # signing on: unsigned frames the policy does not allow, dropped
+    rx_bad_signature: int = 0  # signing on: signature does not match our key, dropped
+    rx_replayed: int = 0  # signing on: good signature but not newer than its stream (replay, duplicate), dropped
+    rx_source_rejected: int = 0  # command messages from ids not in allowed_sources, dropped
     rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -158,24 +218,39 @@ class Link:
         self._waiters: dict[str, list[_Waiter]] = {}
         self._rx_by_type: dict[str, int] = {}
         self._rx_frames = self._rx_bad = self._rx_unknown = self._tx_frames = 0
+        self._rejected = {"rx_unsigned_rejected": 0, "rx_bad_signature": 0, "rx_replayed": 0,
+                          "rx_source_rejected": 0}
+        self._rx_signed = 0
+        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}),
+                                    config.accept_unsigned, config.allowed_sources)
+        self._auth: Authenticator | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_warning = -math.inf
+        self._last_warning: dict[str, float] = {}
         self._udp_server = False
-        self._peer: tuple[str, int] | None = None
+        # Listening UDP: every address that sent valid (and, with signing, signed) MAVLink recently, with
+        # when; what we send goes to all of them, like any MAVLink UDP server endpoint (a vehicle and a
+        # ground station on one port both hear us).
+        self._peers: dict[tuple[str, int], float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def open(self) -> Link:
         if self._conn is not None:
             raise LinkError(f"link {self.config.connect!r}: already open")
+        key = self._load_key()  # before the socket: a bad key file must not leave a half-open link
         conn = _open_connection(self.config)
+        if key is not None:
+            # pymavlink signs every frame the encoder packs; receiving is checked by our Authenticator.
+            conn.setup_signing(key.secret, sign_outgoing=True, allow_unsigned_callback=None,
+                               initial_timestamp=signing_timestamp(time.time()), link_id=self.config.link_id)
+            self._auth = Authenticator(key)
         self._datagrams = isinstance(conn, mavutil.mavudp)
         self._udp_server = self._datagrams and bool(getattr(conn, "udp_server", False))
         if self._udp_server:
             # pymavlink's listening UDP socket sends to every address that ever sent it a datagram
             # (garbage included) and iterates that set while the receive thread grows it. A link
-            # has one peer: the address of the newest *valid* MAVLink frame.
+            # sends to the addresses that sent valid (signed, when signing is on) MAVLink recently.
             conn.write = self._write_to_peer
         self._parser = self._new_parser()
         conn.mav.send = self._send  # every *_send() of the encoder goes through the lock and the tap
@@ -187,9 +262,23 @@ class Link:
                                                   name=f"mavlink-heartbeat {self.config.connect}"))
         for thread in self._threads:
             thread.start()
-        log.info("link open on %s as %d/%d", self.config.connect, self.config.source_system,
-                 self.config.source_component)
+        log.info("link open on %s as %d/%d%s", self.config.connect, self.config.source_system,
+                 self.config.source_component,
+                 f", signing with key {key.key_id} (link id {self.config.link_id})" if key is not None else "")
         return self
+
+    def _load_key(self) -> SigningKey | None:
+        if not self.config.signing_key_file:
+            return None
+        try:
+            return load_signing_key(self.config.signing_key_file)
+        except SigningKeyError as exc:
+            raise LinkError(f"link {self.config.connect!r}: LinkConfig.signing_key_file: {exc}") from None
+
+    @property
+    def signing(self) -> bool:
+        """True when this link signs what it sends and checks signatures on what it receives."""
+        return self._auth is not None
 
     def close(self) -> None:
         if self._conn is None:
@@ -274,14 +363,18 @@ class Link:
                 self._feed(bytes(data) if isinstance(data, (bytes, bytearray)) else data.encode("latin-1"), addr)
 
     def _write_to_peer(self, buf: bytes) -> None:
-        peer = self._peer
-        if peer is not None:
-            self._conn.port.sendto(buf, peer)
+        now = time.monotonic()
+        with self._lock:
+            peers = [a for a, seen in self._peers.items() if now - seen < _PEER_TIMEOUT_S]
+            if not peers and self._peers:  # all quiet: keep answering the most recent one
+                peers = [max(self._peers, key=self._peers.__getitem__)]
+        for address in peers:
+            self._conn.port.sendto(buf, address)
 
     def _feed(self, data: bytes, source: tuple[str, int] | None = None) -> int:
         """Parse one chunk; returns the number of valid frames delivered.
 
-        On a listening UDP link, `source` becomes the peer before the first valid frame is
+        On a listening UDP link, `source` becomes a peer before the first valid frame is
         delivered, so whoever reacts to that frame already answers the right address."""
         bad, reason = 0, ""
         try:
@@ -301,10 +394,16 @@ class Link:
                 with self._lock:
                     self._rx_unknown += 1
             else:
+                verdict = self._admit(msg)
+                if verdict is None:
+                    continue
                 valid += 1
-                if source is not None and source != self._peer:
-                    log.info("link %s: peer is %s:%d", self.config.connect, source[0], source[1])
-                    self._peer = source
+                if source is not None and (self._auth is None or verdict is Verdict.SIGNED):
+                    with self._lock:
+                        new = source not in self._peers
+                        self._peers[source] = time.monotonic()
+                    if new:
+                        log.info("link %s: peer %s:%d", self.config.connect, source[0], source[1])
                 self._deliver(msg)
         if bad:
             with self._lock:
@@ -313,6 +412,34 @@ class Link:
             self._warn("dropped malformed MAVLink data on %s (%d so far; latest: %s)", self.config.connect, total,
                        reason)
         return valid
+
+    def _admit(self, msg: Any) -> Verdict | None:
+        """The frame's verdict if it may be delivered, else None (counted, rate-limited warning)."""
+        msg_id = msg.get_msgId()
+        verdict = Verdict.UNSIGNED
+        reject: tuple[str, str] | None = None
+        if self._auth is not None:
+            verdict = self._auth.check(msg.get_msgbuf())
+            if verdict is Verdict.UNSIGNED and not self._admission.unsigned_ok(msg_id):
+                reject = ("rx_unsigned_rejected", "unsigned")
+            elif verdict is Verdict.BAD_SIGNATURE:
+                reject = ("rx_bad_signature", "signature does not match our key")
+            elif verdict is Verdict.REPLAYED:
+                reject = ("rx_replayed", "replayed (timestamp not newer than its stream)")
+        if reject is None and not self._admission.source_ok(msg_id, msg.get_srcSystem(), msg.get_srcComponent()):
+            reject = ("rx_source_rejected", "a command from a source not in allowed_sources")
+        if reject is not None:
+            counter, why = reject
+            with self._lock:
+                self._rejected[counter] += 1
+                total = self._rejected[counter]
+            self._warn(f"dropped %s from %d/%d on %s: {why} (%s: %d so far)", msg.get_type(), msg.get_srcSystem(),
+                       msg.get_srcComponent(), self.config.connect, counter, total, key=counter)
+            return None
+        if verdict is Verdict.SIGNED:
+            with self._lock:
+                self._rx_signed += 1
+        return verdict
 
     def _deliver(self, msg: Any) -> None:
         recv_s = time.monotonic()
@@ -362,6 +489,12 @@ class Link:
         if conn is None:
             raise LinkError(f"link {self.config.connect!r}: closed; cannot send {msg.get_type()}")
         with self._send_lock:
+            if self._auth is not None:
+                # The spec's timestamp rules: never behind the wall clock (a receiver that starts later
+                # refuses a stream more than a minute old) nor behind the newest accepted from a peer.
+                signing = conn.mav.signing
+                signing.timestamp = max(signing.timestamp, signing_timestamp(time.time()),
+                                        self._auth.newest_timestamp + 1)
             type(conn.mav).send(conn.mav, msg, force_mavlink1=force_mavlink1)
         with self._lock:
             self._tx_frames += 1
@@ -413,18 +546,25 @@ class Link:
     def stats(self) -> LinkStats:
         with self._lock:
             return LinkStats(rx_frames=self._rx_frames, rx_bad=self._rx_bad, rx_unknown=self._rx_unknown,
-                             tx_frames=self._tx_frames, rx_by_type=dict(self._rx_by_type))
+                             tx_frames=self._tx_frames, rx_by_type=dict(self._rx_by_type), rx_signed=self._rx_signed,
+                             **self._rejected)
 
     def _call_tap(self, direction: str, frame: bytes) -> None:
-        if self._tap is None:
+        if self._tap is None or _is_setup_signing(frame):
             return
         try:
             self._tap(direction, time.time(), bytes(frame))
         except Exception as exc:
             self._warn("tap failed on a %s frame: %s", direction, exc)
 
-    def _warn(self, msg: str, *args: object) -> None:
+    def _warn(self, msg: str, *args: object, key: str = "") -> None:
         now = time.monotonic()
-        if now - self._last_warning >= 5.0:  # garbage can arrive at line rate; the counters keep the total
-            self._last_warning = now
+        if now - self._last_warning.get(key, -math.inf) >= 5.0:  # garbage arrives at line rate; counters keep totals
+            self._last_warning[key] = now
             log.warning(msg, *args)
+
+
+def _is_setup_signing(frame: bytes) -> bool:
+    if len(frame) >= 10 and frame[0] == 0xFD:
+        return int.from_bytes(frame[7:10], "little") == SETUP_SIGNING_ID
+    return len(frame) >= 6 and frame[0] == 0xFE and frame[5] == SETUP_SIGNING_ID

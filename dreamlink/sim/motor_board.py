@@ -13,8 +13,8 @@ is the client side):
   (N), data[5] = 1.0 if armed else 0.0, data[6] = episode (resets since start, see MAV_CMD_USER_1).
   Streamed at the control rate (50 Hz) by default; MAV_CMD_SET_MESSAGE_INTERVAL param1=350,
   param2=interval µs (-1 stops, 0 restores the default; under 1 ms is raised to 1 ms) -> ACK
-  ACCEPTED; any other message id -> ACK DENIED (the command is supported, that message is not
-  streamable). In lockstep the interval is stored but telemetry follows the steps.
+  ACCEPTED (a non-finite interval -> DENIED); any other message id -> ACK DENIED (the command is
+  supported, that message is not streamable). In lockstep the interval is stored but telemetry follows the steps.
 - SET_ACTUATOR_CONTROL_TARGET (id 139), group_mlx 0: controls[0] = normalised force in [-1, 1],
   force_n = controls[0] * max_force_n (10 N). Out-of-range values are clipped, NaN becomes 0; both
   are counted. Applied only while armed. Real time: no target for 0.2 s of board time -> force 0
@@ -40,9 +40,16 @@ is the client side):
   port 14540) and whatever arrives on that socket is accepted. A datagram is a whole number of
   frames: garbage, CRC failures and bytes left over at a datagram's end are dropped and counted,
   with a rate-limited warning; never fatal.
+- Signing (`--signing-key-file KEY`, a 32-byte key only its owner can read, as for the Link): the
+  board signs everything it sends (link id 0, timestamp never behind the wall clock) and acts only
+  on frames whose MAVLink 2 signature is good and newer than their stream's last one; unsigned
+  frames (except RADIO_STATUS), wrong signatures and replays are dropped and counted
+  (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed` in the counters logged at exit).
+  Same checks as the Link (`dreamlink.firmware_bridge.security`): that is the protocol, both ends.
 
 Entry: `python -m dreamlink.sim cartpole --out udp:127.0.0.1:PORT [--lockstep] [--seed N]
-[--rate-hz 50]`; `main(argv)` is what `dreamlink sitl cartpole ...` calls. SIGTERM/SIGINT exit 0.
+[--rate-hz 50] [--signing-key-file KEY]`; `main(argv)` is what `dreamlink sitl cartpole ...` calls.
+SIGTERM/SIGINT exit 0.
 """
 
 from __future__ import annotations
@@ -64,6 +71,16 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.firmware_bridge.security import (
+    Admission,
+    Authenticator,
+    SigningKey,
+    SigningKeyError,
+    Verdict,
+    command_message_ids,
+    load_signing_key,
+    signing_timestamp,
+)
 from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
 
 # pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
@@ -107,6 +124,7 @@ class BoardConfig:
     # Like a real rig, the pole rests in its fixture until the board is first armed, so a
     # real-time SITL started seconds before the runtime connects still starts near upright.
     hold_until_armed: bool = True
+    signing_key_file: str = ""  # "" = no signing (the path only: the key never sits in a config or its repr)
     physics: CartpoleParams = field(default_factory=CartpoleParams)
 
     def __post_init__(self) -> None:
@@ -143,6 +161,10 @@ class BoardCounters:
     commands_ignored: int = 0
     command_timeouts: int = 0
     wall_clock_skips: int = 0
+    rx_signed: int = 0
+    rx_unsigned_rejected: int = 0
+    rx_bad_signature: int = 0
+    rx_replayed: int = 0
     rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -180,13 +202,23 @@ class MotorBoard:
     """
 
     def __init__(self, config: BoardConfig, write: Callable[[bytes], None],
-                 counters: BoardCounters | None = None) -> None:
+                 counters: BoardCounters | None = None, signing_key: SigningKey | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.counters = counters if counters is not None else BoardCounters()
         self._write = write
         self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=BOARD_SYSTEM_ID,
                                     srcComponent=BOARD_COMPONENT_ID)
         self._parser = new_parser()
+        self._wall_clock = wall_clock
+        self._auth: Authenticator | None = None
+        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}))
+        if signing_key is not None:
+            signing = self._mav.signing  # pymavlink signs what the encoder packs
+            signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
+            signing.timestamp = signing_timestamp(wall_clock())
+            self._auth = Authenticator(signing_key, wall_clock)
+            self._mav.send = self._send_signed
         self._rng = np.random.default_rng(config.seed)
         self._noise_rng = np.random.default_rng([config.seed, 1])
         self.state = random_state(self._rng, DEFAULT_RESET_ANGLE_RAD, 0.05)  # Gymnasium's start
@@ -244,6 +276,15 @@ class MotorBoard:
         data[6] = float(self.episode)
         self._mav.debug_float_array_send(self.time_us, TELEMETRY_NAME.encode(), 0, data)
 
+    def _send_signed(self, msg: Any, force_mavlink1: bool = False) -> None:
+        # Signing timestamps must not fall behind the wall clock (a client that connects later
+        # refuses a stream more than a minute old) nor behind the newest accepted from a peer.
+        assert self._auth is not None
+        signing = self._mav.signing
+        signing.timestamp = max(signing.timestamp, signing_timestamp(self._wall_clock()),
+                                self._auth.newest_timestamp + 1)
+        type(self._mav).send(self._mav, msg, force_mavlink1=force_mavlink1)
+
     def _send_frame(self, frame: bytes) -> None:
         self.counters.tx_frames += 1
         self._write(frame)
@@ -269,6 +310,8 @@ class MotorBoard:
             if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
                 self.counters.rx_unknown += 1
                 continue
+            if self._auth is not None and not self._authentic(msg):
+                continue
             self.counters.rx_frames += 1
             self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
             self._dispatch(msg_type, msg)
@@ -276,6 +319,25 @@ class MotorBoard:
             self.counters.rx_bad += bad
             self._bad_log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad,
                                   reason)
+
+    def _authentic(self, msg: Any) -> bool:
+        verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
+        if verdict is Verdict.SIGNED:
+            self.counters.rx_signed += 1
+            return True
+        if verdict is Verdict.UNSIGNED:
+            if self._admission.unsigned_ok(msg.get_msgId()):
+                return True
+            self.counters.rx_unsigned_rejected += 1
+        elif verdict is Verdict.BAD_SIGNATURE:
+            self.counters.rx_bad_signature += 1
+        else:
+            self.counters.rx_replayed += 1
+        self._bad_log.warning("dropped %s %s from %d/%d (rejected so far: %d unsigned, %d bad signature, %d replayed)",
+                              verdict.value, msg.get_type(), msg.get_srcSystem(), msg.get_srcComponent(),
+                              self.counters.rx_unsigned_rejected, self.counters.rx_bad_signature,
+                              self.counters.rx_replayed)
+        return False
 
     def _for_me(self, target_system: int, target_component: int) -> bool:
         return target_system in (0, BOARD_SYSTEM_ID) and target_component in (0, BOARD_COMPONENT_ID)
@@ -333,7 +395,7 @@ class MotorBoard:
         return int(mavlink.MAV_RESULT_UNSUPPORTED)
 
     def _set_interval(self, msg_id: float, interval_us: float) -> int:
-        if msg_id != TELEMETRY_MSG_ID or math.isnan(interval_us) or interval_us < -1:
+        if msg_id != TELEMETRY_MSG_ID or not math.isfinite(interval_us) or interval_us < -1:  # inf: found by fuzzing
             return int(mavlink.MAV_RESULT_DENIED)
         if interval_us == -1:
             self.stream_interval_us = None
@@ -365,6 +427,7 @@ class MotorBoard:
 def run_board(config: BoardConfig, should_stop: Callable[[], bool], wake_socks: Sequence[socket.socket] = (),
               clock: Callable[[], float] = time.monotonic) -> BoardCounters:
     """Serve one board on UDP until `should_stop()`; `wake_socks` are drained when readable (signal wake-up)."""
+    key = load_signing_key(config.signing_key_file) if config.signing_key_file else None
     out_addr = (socket.gethostbyname(config.out_host), config.out_port)
     bind_host = config.bind_host or ("127.0.0.1" if ipaddress.ip_address(out_addr[0]).is_loopback else "0.0.0.0")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -372,9 +435,10 @@ def run_board(config: BoardConfig, should_stop: Callable[[], bool], wake_socks: 
         sock.bind((bind_host, config.bind_port))
         sock.setblocking(False)
         counters = BoardCounters()
-        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters)
-        log.info("cart-pole motor board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d)", *sock.getsockname(),
-                 *out_addr, "lockstep" if config.lockstep else "real time", config.rate_hz, config.seed)
+        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters, key)
+        log.info("cart-pole motor board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d%s)", *sock.getsockname(),
+                 *out_addr, "lockstep" if config.lockstep else "real time", config.rate_hz, config.seed,
+                 f", signing with key {key.key_id}" if key is not None else "")
         _serve(board, sock, should_stop, wake_socks, clock)
         return board.counters
     finally:
@@ -487,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hold", action="store_true", help="let the pole fall from start, before the first arming")
     p.add_argument("--param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="override a CartpoleParams field, e.g. pole_mass_kg=0.12 (repeatable)")
+    p.add_argument("--signing-key-file", default="", metavar="KEY",
+                   help="MAVLink 2 signing key (32 bytes, chmod 600): sign all, accept only signed frames")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -503,7 +569,8 @@ def main(argv: list[str]) -> int:
                              bind_port=args.bind[1] if args.bind else 0, lockstep=args.lockstep, seed=args.seed,
                              rate_hz=args.rate_hz, sensor_noise_std=args.sensor_noise_std,
                              command_timeout_s=args.command_timeout_s,
-                             hold_until_armed=not args.no_hold, physics=CartpoleParams(**dict(args.param)))
+                             hold_until_armed=not args.no_hold, signing_key_file=args.signing_key_file,
+                             physics=CartpoleParams(**dict(args.param)))
     except (ValueError, TypeError) as exc:
         log.error("bad argument: %s", exc)
         return 2
@@ -519,6 +586,9 @@ def main(argv: list[str]) -> int:
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
         counters = run_board(config, stop.is_set, wake_socks=(wake_r,))
+    except SigningKeyError as exc:
+        log.error("--signing-key-file: %s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot serve the board on udp (%s); is --bind free and --out a reachable host?", exc)
         return 1
