@@ -124,6 +124,9 @@ class ControlLoop:
         self.failsafe = failsafe
         self.stopped_by_estop = False
         self._stale_since: float | None = None
+        # In lockstep the vehicle waits for us: a slow plan is late on the wall clock only, so it is counted
+        # (an overrun) but still flown, and a flight reproduces from its seed whatever the machine's load.
+        self._paced_by_vehicle = bool(getattr(clock, "paced_by_vehicle", False))
         self.config, self.recorder = config, recorder
         self.counters = LoopCounters()
         self.previous: Plan | None = None
@@ -168,7 +171,7 @@ class ControlLoop:
             elif not np.all(np.isfinite(plan.actions)):
                 plan = None
                 action, source = self._fallback("nonfinite_plan", now_s)
-            elif latency_s > self.config.plan_latency_limit_s:
+            elif latency_s > self.config.plan_latency_limit_s and not self._paced_by_vehicle:
                 plan = None
                 action, source = self._fallback("plan_overrun", now_s)
             elif plan.disagreement > self.config.disagreement_limit:
@@ -234,7 +237,7 @@ class ControlLoop:
         `on_tick` runs after every tick, on the loop's own thread (e.g. the systemd watchdog: a
         hung loop must stop petting it)."""
         period = self.config.period_s
-        paced_by_vehicle = getattr(self.clock, "paced_by_vehicle", False)
+        paced_by_vehicle = self._paced_by_vehicle
         start = deadline = self.clock.now()
         while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
             if self.stopped_by_estop:
