@@ -19,7 +19,7 @@ demo: venv
 	$(BIN)/dreamlink demo cartpole --seed $(SEED)
 
 lint: venv
-	$(BIN)/ruff check dreamlink tests
+	$(BIN)/ruff check dreamlink tests bench
 	$(BIN)/mypy $(ONBOARD)
 
 test: lint
@@ -28,6 +28,15 @@ test: lint
 # The fast layer: no SITL processes, no training.
 unit: venv
 	$(BIN)/pytest -q -m "not sitl and not slow"
+
+BENCH_OUT ?= runs/bench
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all,bench]"
+	touch $@
+
+# The planner benchmark (a command, not a test): 12-20 min on 2 cores; BENCH_ARGS=--quick for a smoke run.
+bench: $(VENV)/.bench-installed
+	$(PY) bench/planner_bench.py --out $(BENCH_OUT) $(BENCH_ARGS)
 
 # A real Debian root filesystem (debootstrap, cached) with the overlay and the wheel: the runtime
 # starts from the unit's own ExecStart inside it. Needs root; too slow for CI.

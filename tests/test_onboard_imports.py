@@ -24,6 +24,7 @@ ONBOARD = [
     "dreamlink.calibration.tlog_data",
     "dreamlink.runtime.mission",
     "dreamlink.runtime.shield",
+    "dreamlink.runtime.fused",
     "dreamlink.calibration.kstep",
     "dreamlink.learning.transitions",
     "dreamlink.deploy",

@@ -34,7 +34,8 @@ _SCALAR: tuple[int, ...] = ()
 
 
 def task_inputs(task: QuadraticTask, spec: VehicleSpec) -> dict[str, np.ndarray]:
-    """A task as the planner graph's inputs: walls become a per-component limit (+inf: none)."""
+    """A task as the planner graph's inputs: walls become a per-component limit (+inf: none);
+    `target` [S] (the graph takes it per step, [H,S], filled by the planner)."""
     task.check(spec)
     wall_limit = np.full(spec.state_dim, np.inf, np.float32)
     for index, limit in task.walls:
@@ -82,7 +83,7 @@ class FusedPlanner:
         self.method = "cem" if "elite_std" in outputs else "mppi"
         want = {
             "state": [S], "warm": [H, A], "noise": [K, H, A], "sigma": [A], "temperature": [],
-            "target": [S], "state_weight": [S], "action_weight": [A], "terminal_weight": [],
+            "target": [H, S], "state_weight": [S], "action_weight": [A], "terminal_weight": [],
             "wall_limit": [S], "wall_penalty": [],
         }
         for name, shape in want.items():
@@ -103,8 +104,9 @@ class FusedPlanner:
         self._in: dict[str, np.ndarray] = {name: np.zeros(shape, np.float32) for name, shape in want.items()}
         self._in["sigma"][:] = config.noise_sigma * (self._high - self._low) / 2.0
         self._in["temperature"][...] = config.temperature
-        self.set_task(task)
         self._state, self._warm, self._noise = self._in["state"], self._in["warm"], self._in["noise"]
+        self._target = self._in["target"]
+        self.set_task(task)
         # Outputs, written by the run; bound once by address.
         out_shapes: dict[str, tuple[int, ...]] = {
             "plan": (H, A), "costs": (K,), "imagined": (H + 1, S), "disagreement": _SCALAR,
@@ -148,6 +150,8 @@ class FusedPlanner:
         for name, value in task_inputs(task, self.spec).items():
             self._in[name][...] = value
         self.task = task
+        self._fixed_target = self._target.copy()  # [H,S], restored when a tick brings no reference
+        self._tracking = False
 
     def initial_plan(self) -> np.ndarray:
         """A plan of hold actions (zeros clipped to the limits). [H,A]"""
@@ -170,10 +174,17 @@ class FusedPlanner:
         view.flags.writeable = False
         return view
 
-    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float) -> Plan:
-        """One planning iteration from `state` [S] around the warm-start plan `warm` [H,A]."""
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None) -> Plan:
+        """One planning iteration from `state` [S] around the warm-start plan `warm` [H,A];
+        `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
         np.copyto(self._state, state, casting="same_kind")
         np.copyto(self._warm, warm, casting="same_kind")
+        if reference is not None:
+            np.copyto(self._target, reference, casting="same_kind")
+            self._tracking = True
+        elif self._tracking:
+            np.copyto(self._target, self._fixed_target)
+            self._tracking = False
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
         self._session.run_with_iobinding(self._binding)
         costs = self._out["costs"]

@@ -1,0 +1,93 @@
+"""The models every planner in the benchmark runs: one torch ensemble per hidden size, trained
+briefly on cart-pole physics so the weights, the rollouts and the int8 error are those of a real
+model (a random network would flatter int8 and plan nonsense), exported once to the bundle the
+fused planners load. Same weights for the torch peers and the ONNX planners.
+
+Why cart-pole: dreamlink's reference vehicle (S=4, A=1). A planner step's FLOPs are dominated by
+the hidden x hidden layer, so S and A barely move the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamlink.bundle import Bundle, load_bundle
+from dreamlink.export.pack import pack_bundle
+from dreamlink.export.planner_graph import PlannerGraphConfig, matmul_flops, pack_planner_bundle
+from dreamlink.learning.train import TrainConfig, train_world_model
+from dreamlink.learning.transitions import TransitionSet
+from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
+from dreamlink.sim.cartpole_physics import CartpoleParams, step
+from dreamlink.spec import CARTPOLE
+
+log = logging.getLogger(__name__)
+
+SPEC = CARTPOLE
+ENSEMBLE = 5
+LAYERS = 2
+
+
+def cartpole_transitions(episodes: int, length: int, seed: int) -> TransitionSet:
+    """Random-force episodes from near-upright starts, all episodes stepped at once."""
+    rng = np.random.default_rng(seed)
+    params = CartpoleParams()
+    dt = SPEC.control_period_s
+    x = np.stack([rng.uniform(-1.0, 1.0, episodes), rng.uniform(-0.5, 0.5, episodes),
+                  rng.uniform(-0.3, 0.3, episodes), rng.uniform(-1.0, 1.0, episodes)], axis=-1)
+    states, actions, nexts, ids = [], [], [], []
+    force = rng.uniform(-10.0, 10.0, episodes)
+    for t in range(length):
+        if t % 5 == 0:  # hold each random force for 5 periods: richer motions than white noise
+            force = rng.uniform(-10.0, 10.0, episodes)
+        nxt = step(x, force, dt, params)
+        states.append(x)
+        actions.append(force[:, None])
+        nexts.append(nxt)
+        ids.append(np.arange(episodes))
+        x = nxt
+    order = np.argsort(np.concatenate(ids), kind="stable")  # rows of one episode together, in time order
+    return TransitionSet(SPEC, np.concatenate(states)[order], np.concatenate(actions)[order],
+                         np.concatenate(nexts)[order], np.concatenate(ids)[order])
+
+
+def train_model(hidden: int, epochs: int, seed: int = 0) -> tuple[EnsembleWorldModel, dict[str, float]]:
+    data = cartpole_transitions(episodes=200, length=60, seed=seed)
+    result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=LAYERS, ensemble_size=ENSEMBLE),
+                               TrainConfig(epochs=epochs, seed=seed, threads=2))
+    model = result.model.eval()
+    return model, result.holdout_one_step_rmse
+
+
+@dataclass
+class BenchModel:
+    hidden: int
+    torch_model: EnsembleWorldModel
+    bundle: Bundle  # the world model only
+    holdout_rmse: dict[str, float]
+
+    def flops_per_step(self, samples: int, horizon: int) -> int:
+        """Matmul FLOPs of one planning step: the world model on K rows, H times."""
+        return matmul_flops(self.bundle.path_of("world_model"), samples) * horizon
+
+
+def build_model(hidden: int, out: Path, epochs: int) -> BenchModel:
+    torch.manual_seed(0)
+    model, rmse = train_model(hidden, epochs)
+    bundle, _ = pack_bundle(out / f"h{hidden}", SPEC, model, training={"holdout_one_step_rmse": rmse})
+    return BenchModel(hidden, model, bundle, rmse)
+
+
+def planner_bundle(model: BenchModel, out: Path, samples: int, horizon: int, precision: str, noise_sigma: float,
+                   temperature: float, chunk: int = PlannerGraphConfig(2, 1).chunk, rollout: str = "unrolled",
+                   method: str = "mppi") -> Bundle:
+    name = f"h{model.hidden}_k{samples}_h{horizon}_{precision}_{method}_{rollout}_c{chunk}"
+    if (out / name / "manifest.json").is_file():
+        return load_bundle(out / name)
+    return pack_planner_bundle(model.bundle.root, out / name,
+                               PlannerGraphConfig(samples, horizon, method=method, rollout=rollout, chunk=chunk),
+                               noise_sigma=noise_sigma, temperature=temperature, precision=precision)
