@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from dreamlink.sim.motor_board import mavlink, new_parser
+from dreamlink.sim.mavlink_udp import mavlink, new_parser
 
 log = logging.getLogger(__name__)
 

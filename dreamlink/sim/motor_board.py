@@ -59,7 +59,6 @@ import dataclasses
 import ipaddress
 import logging
 import math
-import os
 import select
 import signal
 import socket
@@ -82,17 +81,7 @@ from dreamlink.firmware_bridge.security import (
     signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
-
-# pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
-# if it later sees a v2 frame). DEBUG_FLOAT_ARRAY has id 350, which MAVLink 1 cannot carry, so ask
-# for MAVLink 2 before the import; if someone imported mavutil earlier without it, reload the v2
-# dialect once here rather than let it switch mid-flight.
-os.environ.setdefault("MAVLINK20", "1")
-from pymavlink import mavutil
-
-if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
-    mavutil.set_dialect(mavutil.current_dialect)
-mavlink: Any = mavutil.mavlink
+from dreamlink.sim.mavlink_udp import drain, mavlink, new_parser, udp_address
 
 log = logging.getLogger(__name__)
 
@@ -179,13 +168,6 @@ class RateLimitedLog:
         if now - self._last >= self._period_s:
             self._last = now
             self._logger.warning(msg, *args)
-
-
-def new_parser() -> Any:
-    """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
-    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
-    parser.robust_parsing = True
-    return parser
 
 
 class _Writer:
@@ -487,7 +469,7 @@ def _serve(board: MotorBoard, sock: socket.socket, should_stop: Callable[[], boo
         readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
         for ready in readable:
             if ready is sock:
-                _drain(board, sock)
+                drain(board.receive, sock)
             else:
                 try:
                     ready.recv(4096)
@@ -499,29 +481,6 @@ def _next_deadline(deadline: float, period_s: float, now: float) -> float:
     """Keep the phase while on time; after a stall, restart from now instead of bursting to catch up."""
     deadline += period_s
     return deadline if deadline > now else now + period_s
-
-
-def _drain(board: MotorBoard, sock: socket.socket, max_datagrams: int = 256) -> None:
-    for _ in range(max_datagrams):  # bounded, so a flood cannot starve the physics clock
-        try:
-            datagram = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # e.g. ECONNREFUSED reported for an earlier send: not about this datagram
-            continue
-        board.receive(datagram)
-
-
-def _parse_udp_address(text: str, what: str) -> tuple[str, int]:
-    address = text
-    for prefix in ("udpout:", "udp:"):
-        if address.startswith(prefix):
-            address = address[len(prefix):]
-            break
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected udp:HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def _parse_param(text: str) -> tuple[str, float]:
@@ -539,9 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dreamlink.sim cartpole",
                                 description="Cart-pole motor board SITL speaking MAVLink 2 over UDP.")
     p.add_argument("vehicle", nargs="?", default="cartpole", choices=["cartpole"])
-    p.add_argument("--out", required=True, type=lambda s: _parse_udp_address(s, "--out"),
+    p.add_argument("--out", required=True, type=lambda s: udp_address(s, "--out"),
                    help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
-    p.add_argument("--bind", type=lambda s: _parse_udp_address(s, "--bind"), default=None,
+    p.add_argument("--bind", type=lambda s: udp_address(s, "--bind"), default=None,
                    help="own socket, HOST:PORT (default: loopback or all interfaces, any free port)")
     p.add_argument("--lockstep", action="store_true", help="advance one period per actuator target")
     p.add_argument("--seed", type=int, default=0)

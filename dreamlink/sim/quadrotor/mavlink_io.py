@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import zlib
 from collections import deque
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.sim.mavlink_udp import mavlink, new_parser
 from dreamlink.sim.quadrotor.autopilot import (
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_DENIED,
@@ -57,14 +57,6 @@ from dreamlink.sim.quadrotor.autopilot import (
 from dreamlink.sim.quadrotor.controller import ControlTarget
 from dreamlink.sim.quadrotor.physics import GRAVITY_MPS2, euler_of, quat_multiply, quat_to_rotation
 from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
-
-# pymavlink picks MAVLink 1 or 2 at first import of mavutil; ask for 2 before it (as motor_board.py does).
-os.environ.setdefault("MAVLINK20", "1")
-from pymavlink import mavutil
-
-if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
-    mavutil.set_dialect(mavutil.current_dialect)
-mavlink: Any = mavutil.mavlink
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +101,6 @@ class IoCounters:
 class _Writer:
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self.write = write
-
-
-def new_parser() -> Any:
-    """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
-    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
-    parser.robust_parsing = True
-    return parser
 
 
 @dataclass

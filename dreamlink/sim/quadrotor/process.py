@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.sim.mavlink_udp import drain, udp_address
 from dreamlink.sim.quadrotor.autopilot import AutopilotConfig
 from dreamlink.sim.quadrotor.mavlink_io import IoCounters, MavlinkFace
 from dreamlink.sim.quadrotor.modes import FLAVOURS
@@ -176,7 +177,7 @@ def _serve(face: MavlinkFace, sock: socket.socket, should_stop: Callable[[], boo
         readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
         for ready in readable:
             if ready is sock:
-                _drain(face, sock)
+                drain(face.receive, sock)
             else:
                 try:
                     ready.recv(4096)
@@ -184,36 +185,14 @@ def _serve(face: MavlinkFace, sock: socket.socket, should_stop: Callable[[], boo
                     pass
 
 
-def _drain(face: MavlinkFace, sock: socket.socket, max_datagrams: int = 256) -> None:
-    for _ in range(max_datagrams):  # bounded, so a flood cannot starve the physics clock
-        try:
-            datagram = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:  # e.g. ECONNREFUSED reported for an earlier send: not about this datagram
-            continue
-        face.receive(datagram)
-
-
-def _udp_address(text: str, what: str) -> tuple[str, int]:
-    for prefix in ("udpout:", "udp:"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
-            break
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{what}: expected udp:HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dreamlink.sim quad",
                                 description="Quadrotor flight-controller SITL (ArduCopter or PX4 behaviour) on UDP.")
     p.add_argument("vehicle", nargs="?", default="quad", choices=["quad"])
     p.add_argument("--flavour", required=True, choices=list(FLAVOURS), help="which autopilot to behave like")
-    p.add_argument("--out", required=True, type=lambda s: _udp_address(s, "--out"),
+    p.add_argument("--out", required=True, type=lambda s: udp_address(s, "--out"),
                    help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
-    p.add_argument("--bind", type=lambda s: _udp_address(s, "--bind"), default=None,
+    p.add_argument("--bind", type=lambda s: udp_address(s, "--bind"), default=None,
                    help="own socket HOST:PORT (default: loopback or all interfaces, any free port)")
     p.add_argument("--lockstep", action="store_true", help="advance 20 ms per setpoint or TIMESYNC request")
     p.add_argument("--seed", type=int, default=0, help="domain randomisation and noise seed")

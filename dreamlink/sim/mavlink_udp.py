@@ -1,0 +1,53 @@
+"""What every SITL process shares on its side of the wire: MAVLink 2 through pymavlink, a parser that
+never raises on garbage, a bounded socket drain, and the `udp:HOST:PORT` argument type."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+# pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
+# if it later sees a v2 frame). DEBUG_FLOAT_ARRAY has id 350, which MAVLink 1 cannot carry, so ask
+# for MAVLink 2 before the import; if someone imported mavutil earlier without it, reload the v2
+# dialect once here rather than let it switch mid-flight.
+os.environ.setdefault("MAVLINK20", "1")
+from pymavlink import mavutil
+
+if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
+    mavutil.set_dialect(mavutil.current_dialect)
+mavlink: Any = mavutil.mavlink
+
+
+def new_parser() -> Any:
+    """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
+    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
+    parser.robust_parsing = True
+    return parser
+
+
+def drain(receive: Callable[[bytes], None], sock: socket.socket, max_datagrams: int = 256) -> None:
+    """Hand every waiting datagram to `receive`; bounded, so a flood cannot starve the physics clock."""
+    for _ in range(max_datagrams):
+        try:
+            datagram = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # e.g. ECONNREFUSED reported for an earlier send: not about this datagram
+            continue
+        receive(datagram)
+
+
+def udp_address(text: str, what: str) -> tuple[str, int]:
+    """`udp:HOST:PORT`, `udpout:HOST:PORT` or `HOST:PORT` -> (host, port); an argparse error otherwise."""
+    address = text
+    for prefix in ("udpout:", "udp:"):
+        if address.startswith(prefix):
+            address = address[len(prefix):]
+            break
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{what}: expected udp:HOST:PORT, got {text!r}")
+    return host, int(port)
