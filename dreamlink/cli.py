@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dreamlink.learning.train import save_checkpoint
     from dreamlink.learning.transitions import TransitionSet
 
-    data = TransitionSet.load(args.data)
+    data = TransitionSet.concat([TransitionSet.load(path) for path in args.data])
     result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed)
     save_checkpoint(result.model, args.out)
     print(f"holdout one-step RMSE: {json.dumps(result.holdout_one_step_rmse)}")

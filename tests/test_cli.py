@@ -66,3 +66,34 @@ def test_bad_arguments_are_refused_with_the_name(capsys):
         main(["train", "--data", "x.npz", "--out", "m.pt", "--epochs", "-3"])
     assert done.value.code == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+@pytest.mark.sitl
+@pytest.mark.slow
+def test_the_pipeline_step_by_step_as_the_readme_shows(tmp_path):
+    """collect -> train -> export -> sitl + run, each a `dreamlink` command in its own process."""
+    import json
+
+    def dreamlink(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "dreamlink.cli", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+        return proc
+
+    dreamlink("collect", "cartpole", "--out", "d.npz", "--transitions", "3000", "--seed", "1")
+    dreamlink("train", "--data", "d.npz", "--out", "m.pt", "--epochs", "5", "--ensemble", "2")
+    out = dreamlink("export", "--checkpoint", "m.pt", "--data", "d.npz", "--out", "bundle")
+    assert "parity" in out.stdout and "PASS" in out.stdout and "recommended horizon" in out.stdout
+    from dreamlink.sim.launcher import free_udp_port
+
+    port = free_udp_port()
+    sitl = subprocess.Popen([sys.executable, "-m", "dreamlink.cli", "sitl", "cartpole", "--out",
+                             f"udp:127.0.0.1:{port}", "--lockstep"], stdout=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        dreamlink("run", "--bundle", "bundle", "--connect", f"udp:127.0.0.1:{port}", "--lockstep", "--ticks", "50",
+                  "--out", "flight")
+    finally:
+        sitl.terminate()
+        sitl.wait(timeout=10)
+    summary = json.loads((tmp_path / "flight" / "summary.json").read_text())
+    assert summary["stats"]["ticks"] == 50
