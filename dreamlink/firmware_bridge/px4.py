@@ -143,18 +143,14 @@ class Px4Profile(AutopilotProfile):
         """action [A] NED velocity (m/s) -> SET_POSITION_TARGET_LOCAL_NED, type_mask 2503, yaw held; the
         background stream repeats it for `setpoint_timeout_s`."""
         self._check_action(action)
-        fields = self._setpoint_for(action)
-        now = time.monotonic()
-        self._set_standing(fields, now + self.config.setpoint_timeout_s)
-        self._send_setpoint(fields)
-        with self._cond:
-            self._last_sent_s = now
-        if self._stream_thread is None and not self.config.lockstep:
-            self._start_stream()
+        self._send_streamed(self._setpoint_for(action))
 
     def send_position(self, pos_ned_m: tuple[float, float, float], vel_ned_mps: tuple[float, float, float]) -> None:
         """Position + velocity feed-forward target, kept alive by the background stream like `send`."""
-        fields = self.position_setpoint_for(pos_ned_m, vel_ned_mps)
+        self._send_streamed(self.position_setpoint_for(pos_ned_m, vel_ned_mps))
+
+    def _send_streamed(self, fields: dict[str, Any]) -> None:
+        """Send now and make it the standing setpoint the background stream repeats for `setpoint_timeout_s`."""
         now = time.monotonic()
         self._set_standing(fields, now + self.config.setpoint_timeout_s)
         self._send_setpoint(fields)
