@@ -69,8 +69,9 @@ def _half(low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def _compare_mppi(wm: Path, spec: VehicleSpec, task: QuadraticTask, graph_cfg: PlannerGraphConfig,
-                  state: np.ndarray, tmp_path: Path, ticks: int = 4) -> None:
-    cfg = MppiConfig(samples=graph_cfg.samples, horizon=graph_cfg.horizon, noise_sigma=0.5, temperature=0.5)
+                  state: np.ndarray, tmp_path: Path, ticks: int = 4, noise_smoothing: float = 0.0) -> None:
+    cfg = MppiConfig(samples=graph_cfg.samples, horizon=graph_cfg.horizon, noise_sigma=0.5, temperature=0.5,
+                     noise_smoothing=noise_smoothing)
     graph = write_planner(wm, spec, graph_cfg, tmp_path / "planner.onnx")
     ref = MppiPlanner(ModelSession(wm, spec), spec, task, cfg, np.random.default_rng(7))
     fused = FusedPlanner(graph, spec, task, cfg, np.random.default_rng(7))
@@ -110,6 +111,11 @@ def _compare_mppi(wm: Path, spec: VehicleSpec, task: QuadraticTask, graph_cfg: P
 def test_fused_mppi_matches_reference_on_user_written_model(linear_model: Path, graph_cfg: PlannerGraphConfig,
                                                             tmp_path: Path) -> None:
     _compare_mppi(linear_model, POINT, POINT_TASK, graph_cfg, np.array([0.2, -0.3], np.float32), tmp_path)
+
+
+def test_fused_mppi_matches_reference_with_smooth_noise(linear_model: Path, tmp_path: Path) -> None:
+    _compare_mppi(linear_model, POINT, POINT_TASK, PlannerGraphConfig(32, 10), np.array([0.2, -0.3], np.float32),
+                  tmp_path, noise_smoothing=0.8)
 
 
 @pytest.mark.parametrize("rollout", ["unrolled", "loop"])

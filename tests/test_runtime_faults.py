@@ -144,3 +144,16 @@ def test_e_stop_from_the_ground_station_stops_the_motor_within_one_tick(tmp_path
             break
     assert after_estop is not None and after_estop <= 1, after_estop
     assert any(e["event"] == "estop" for e in events(out))
+
+
+def test_a_bundle_with_a_fused_planner_graph_flies_it(tmp_path):
+    """`dreamlink run` plans with the bundle's fused graph (one session.run a tick) when it has one."""
+    from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+
+    plain = cartpole_bundle(tmp_path, "plain")
+    fused = pack_planner_bundle(plain, tmp_path / "fused", PlannerGraphConfig(16, 5), noise_sigma=0.2).root
+    with SitlProcess("cartpole", lockstep=True, seed=6) as sitl:
+        fly(RunConfig(bundle=fused, connect=sitl.connect_string, lockstep=True, ticks=30, out_dir=tmp_path / "f"))
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["planner"] == "FusedPlanner" and summary["stats"]["ticks"] == 30
+    assert_every_command_safe(tmp_path / "f")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.bundle import Bundle, BundleError
-from dreamlink.runtime.mppi import MppiConfig, Plan
+from dreamlink.runtime.mppi import MppiConfig, Plan, smooth_noise
 from dreamlink.runtime.session import SessionConfig, make_session
 from dreamlink.runtime.tasks import QuadraticTask
 from dreamlink.spec import VehicleSpec
@@ -138,7 +138,8 @@ class FusedPlanner:
         calib = bundle.manifest.calibration
         if config is None:
             raw = calib.get("planner", {})
-            config = MppiConfig(**{k: raw[k] for k in ("samples", "horizon", "noise_sigma", "temperature") if k in raw})
+            keys = ("samples", "horizon", "noise_sigma", "temperature", "noise_smoothing")
+            config = MppiConfig(**{k: raw[k] for k in keys if k in raw})
         if session is None:
             raw_s: dict[str, Any] = calib.get("session", {})
             fields = ("intra_op_threads", "inter_op_threads", "allow_spinning", "graph_optimization")
@@ -186,6 +187,7 @@ class FusedPlanner:
             np.copyto(self._target, self._fixed_target)
             self._tracking = False
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
+        smooth_noise(self._noise, self.config.noise_smoothing)  # the graph scales by sigma, as MppiPlanner
         self._session.run_with_iobinding(self._binding)
         costs = self._out["costs"]
         return Plan(

@@ -64,6 +64,15 @@ def shift_plan(actions: np.ndarray, steps: int = 1) -> np.ndarray:
     return np.concatenate([actions[steps:], np.repeat(actions[-1:], steps, axis=0)], axis=0)
 
 
+def smooth_noise(noise: np.ndarray, beta: float) -> None:
+    """AR(1) along the horizon, in place, keeping the marginal variance: noise [K,H,A] of unit normals."""
+    if beta <= 0:
+        return
+    gain = np.float32(np.sqrt(1.0 - beta * beta))
+    for h in range(1, noise.shape[1]):
+        noise[:, h] = beta * noise[:, h - 1] + gain * noise[:, h]
+
+
 def mppi_weights(costs: np.ndarray, temperature: float) -> np.ndarray:
     """Softmax of -cost/temperature, shifted by the minimum for stability. [K] -> [K]."""
     z = -(costs - costs.min()) / temperature
@@ -116,11 +125,7 @@ class MppiPlanner:
         """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A];
         `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
-        beta = self.config.noise_smoothing
-        if beta > 0:  # AR(1) along the horizon, same marginal variance as white noise
-            gain = np.float32(np.sqrt(1.0 - beta * beta))
-            for h in range(1, self._noise.shape[1]):
-                self._noise[:, h] = beta * self._noise[:, h - 1] + gain * self._noise[:, h]
+        smooth_noise(self._noise, self.config.noise_smoothing)
         self._noise *= self._sigma
         self._noise[0] = 0.0  # sample 0 is the warm start itself, so a good plan is never lost
         np.add(warm[None], self._noise, out=self._samples)

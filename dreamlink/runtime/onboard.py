@@ -21,6 +21,7 @@ from dreamlink.firmware_bridge.ground_station import EstopListener
 from dreamlink.firmware_bridge.link import Link, LinkConfig
 from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
+from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
 from dreamlink.runtime.mission import Figure8, reference_window
@@ -104,8 +105,15 @@ def fly(
             f"Use --rate-hz {spec.rate_hz:g} or a bundle trained at {rate_hz:g} Hz"
         )
     planner_cfg = config.planner or planner_config_for(bundle)
-    session = ModelSession(bundle.path_of("world_model"), spec, config.session)
-    planner = MppiPlanner(session, spec, default_task(spec), planner_cfg, np.random.default_rng(config.seed))
+    rng = np.random.default_rng(config.seed)
+    planner: Any
+    if bundle.has("planner"):
+        # The bundle carries a fused planner graph: one session.run a tick (same MPPI, tested equal).
+        planner = FusedPlanner.from_bundle(bundle, default_task(spec), rng, config.planner)
+        planner_cfg = planner.config
+    else:
+        session = ModelSession(bundle.path_of("world_model"), spec, config.session)
+        planner = MppiPlanner(session, spec, default_task(spec), planner_cfg, rng)
     planner.plan(np.zeros(spec.state_dim, np.float32), planner.initial_plan(), 0.0)  # warm the session up
     max_ticks = config.ticks if config.ticks > 0 else int(600 * rate_hz)
     recorder = FlightRecorder(config.out_dir, spec, planner_cfg.horizon, max_ticks)
@@ -136,7 +144,8 @@ def fly(
             # An autopilot has failsafe modes of its own (RTL/LAND); a motor board's is motor off.
             failsafe=getattr(profile, "failsafe", profile.release),
         )
-        recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__, **mission_info)
+        recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__,
+                       planner_kind=type(planner).__name__, **mission_info)
         first_command_s = time.monotonic() - t_start
         if on_ready is not None:
             on_ready()
@@ -161,7 +170,7 @@ def fly(
     log.info("flight done: %d ticks, %.1f Hz", stats.ticks, stats.achieved_rate_hz)
     result = FlightResult(stats, config.out_dir, first_command_s, _link_dict(link_stats))
     summary = {"stats": stats.to_dict(), "start_to_first_command_s": first_command_s, "link": result.link,
-               "mission": mission_info}
+               "mission": mission_info, "planner": type(planner).__name__}
     (config.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
 
