@@ -8,13 +8,14 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from waiting import eventually
 
 from dreamlink.calibration.tlog_data import tlog_to_transitions
 from dreamlink.firmware_bridge.ardupilot import COPTER_MODES, ArduPilotCopterProfile, copter_mode_name
@@ -350,15 +351,6 @@ class ScriptedAutopilot:
                 bits = 0x0300402F | (mavlink.MAV_SYS_STATUS_PREARM_CHECK if now - self.t0 >= self.ready_after_s
                                      else 0)
                 self.mav.sys_status_send(0x0300402F, 0x0300402F, bits, 0, 12600, -1, 100, 0, 0, 0, 0, 0, 0)
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture()

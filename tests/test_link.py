@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from waiting import eventually
 
 from dreamlink.firmware_bridge.link import Link, LinkConfig, LinkError, LinkTimeout, mavlink
 from dreamlink.sim.launcher import free_udp_port
 
 pytestmark = pytest.mark.sitl  # real sockets
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture()

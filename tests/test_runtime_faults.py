@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx_models import linear_world_model
+from waiting import eventually
 
 from dreamlink.bundle import update_manifest, write_bundle
 from dreamlink.reports import load_ticks
@@ -38,6 +39,17 @@ def cartpole_bundle(tmp_path: Path, name: str, bias: float = 0.0, ensemble: int 
 
 def events(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+
+
+def fly_until_armed(config: RunConfig) -> tuple[threading.Thread, dict]:
+    """Fly `config` on a thread (result in box["r"]) and return once it has armed and flown half a second."""
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.setdefault("r", fly(config)))
+    t.start()
+    events_file = config.out_dir / "events.jsonl"
+    assert eventually(lambda: events_file.exists() and "armed" in events_file.read_text(), timeout_s=30)
+    time.sleep(0.5)
+    return t, box
 
 
 def assert_every_command_safe(out: Path) -> np.ndarray:
@@ -72,16 +84,8 @@ def test_telemetry_that_stops_means_no_planning_then_the_vehicle_failsafe(tmp_pa
     bundle = cartpole_bundle(tmp_path, "ok")
     out = tmp_path / "f"
     with SitlProcess("cartpole", lockstep=False, seed=3) as sitl:
-        stop = threading.Event()
-        box: dict = {}
-        t = threading.Thread(target=lambda: box.setdefault("r", fly(
-            RunConfig(bundle=bundle, connect=sitl.connect_string, ticks=250, out_dir=out, planner=PLANNER), stop)))
-        t.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not ((out / "events.jsonl").exists() and
-                                                   "armed" in (out / "events.jsonl").read_text()):
-            time.sleep(0.02)
-        time.sleep(0.5)
+        t, box = fly_until_armed(
+            RunConfig(bundle=bundle, connect=sitl.connect_string, ticks=250, out_dir=out, planner=PLANNER))
         from pymavlink.dialects.v20 import all as mavlink  # a ground station of our own, on its own socket
 
         gcs = mavlink.MAVLink(None, srcSystem=255, srcComponent=190)
@@ -106,15 +110,8 @@ def test_e_stop_from_the_ground_station_stops_the_motor_within_one_tick(tmp_path
     bundle = cartpole_bundle(tmp_path, "ok")
     out = tmp_path / "f"
     with SitlProcess("cartpole", lockstep=False, seed=4) as sitl:
-        box: dict = {}
-        t = threading.Thread(target=lambda: box.setdefault("r", fly(
-            RunConfig(bundle=bundle, connect=sitl.connect_string, ticks=1000, out_dir=out, planner=PLANNER))))
-        t.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not ((out / "events.jsonl").exists() and
-                                                   "armed" in (out / "events.jsonl").read_text()):
-            time.sleep(0.02)
-        time.sleep(0.5)
+        t, box = fly_until_armed(
+            RunConfig(bundle=bundle, connect=sitl.connect_string, ticks=1000, out_dir=out, planner=PLANNER))
         gcs = mavlink.MAVLink(None, srcSystem=255, srcComponent=190)
         frame = gcs.command_long_encode(1, 191, mavlink.MAV_CMD_DO_FLIGHTTERMINATION, 0, 1, 0, 0, 0, 0, 0, 0)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -6,11 +6,12 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import eventually
 
 from dreamlink.firmware_bridge.link import Link, LinkConfig, LinkError, mavlink
 from dreamlink.firmware_bridge.security import (
@@ -27,15 +28,6 @@ from dreamlink.sim.launcher import SitlError, SitlProcess, free_udp_port
 KEY = bytes(range(100, 132))
 OTHER_KEY = bytes(range(32))
 ARM = mavlink.MAV_CMD_COMPONENT_ARM_DISARM
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def encoder(system: int, component: int, key: bytes | None = None, link_id: int = 7) -> Any:
