@@ -10,76 +10,17 @@
 #   BUNDLE=runs/demo-cartpole/bundle make image-test    # fly a trained bundle instead of the tiny linear one
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-PY=${PY:-$REPO/.venv/bin/python}
-WORK=${IMAGE_TEST_DIR:-/tmp/dreamlink-image-test}
-SUITE=${SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
-MIRROR=${MIRROR:-http://deb.debian.org/debian}
 ARCH=$(dpkg --print-architecture)
-PACKAGES=python3,python3-venv,systemd,logrotate,ca-certificates
-CACHE=$WORK/cache
-KEY=$(echo "$SUITE $ARCH $PACKAGES $MIRROR" | sha256sum | cut -c1-8)
-TARBALL=$CACHE/debootstrap-$SUITE-$ARCH-$KEY.tgz
-ROOTFS_TAR=$CACHE/rootfs-$SUITE-$ARCH-$KEY.tar
-ROOT=$WORK/rootfs
+WORK=${IMAGE_TEST_DIR:-/tmp/dreamlink-image-test}
 TICKS=${TICKS:-150}
-VENV=/opt/dreamlink/venv
+. "$(dirname "$0")/image-lib.sh"
+image_init
 
-T0=$(date +%s)
-phase() { echo; echo "== [$(($(date +%s) - T0)) s] $*"; }
-die() { echo "image-test: FAIL: $*" >&2; exit 1; }
+image_rootfs
 
-[ "$(id -u)" = 0 ] || { echo "image-test needs root (debootstrap, chroot, mount): sudo make image-test"; exit 2; }
-command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
-mkdir -p "$CACHE/wheels" "$WORK"
-
-unmount_all() {
-    for m in sys proc; do
-        if mountpoint -q "$ROOT/$m"; then umount -l "$ROOT/$m"; fi
-    done
-}
-BG_PIDS=()
-cleanup() {
-    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    unmount_all
-}
-trap cleanup EXIT
-
-# ---------------------------------------------------------------- root filesystem
-phase "debootstrap $SUITE/$ARCH minbase + $PACKAGES"
-if [ ! -f "$TARBALL" ]; then
-    rm -rf "$WORK/tarball-work"
-    debootstrap --variant=minbase --include="$PACKAGES" --make-tarball="$TARBALL.part" \
-        "$SUITE" "$WORK/tarball-work" "$MIRROR"
-    mv "$TARBALL.part" "$TARBALL"
-    rm -rf "$WORK/tarball-work"
-    echo "cached $TARBALL ($(du -h "$TARBALL" | cut -f1))"
-else
-    echo "using cached $TARBALL"
-fi
-unmount_all
-if findmnt -rn -o TARGET | grep -q "^$ROOT/"; then die "something is still mounted under $ROOT"; fi
-rm -rf "$ROOT"
-# --unpack-tarball saves the downloads but still runs dpkg for every package (~50 s here); the pristine
-# root filesystem it produces is cached too, so reruns only untar it.
-if [ -f "$ROOTFS_TAR" ] && [ "$ROOTFS_TAR" -nt "$TARBALL" ]; then
-    mkdir -p "$ROOT" && tar -C "$ROOT" --numeric-owner -xpf "$ROOTFS_TAR"
-    echo "unpacked cached $ROOTFS_TAR"
-else
-    debootstrap --variant=minbase --include="$PACKAGES" --unpack-tarball="$TARBALL" "$SUITE" "$ROOT" "$MIRROR" \
-        > "$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; die "debootstrap"; }
-    tar -C "$ROOT" --numeric-owner -cpf "$ROOTFS_TAR.part" . && mv "$ROOTFS_TAR.part" "$ROOTFS_TAR"
-fi
-echo "rootfs: $ROOT ($(du -sh "$ROOT" | cut -f1)), $(chroot "$ROOT" python3 --version)"
-
-# ---------------------------------------------------------------- host side: wheel, deps, bundle, overlay
 phase "host: build the dreamlink wheel, fetch onboard dependencies (numpy, onnxruntime, pymavlink)"
-rm -rf "$WORK/wheels" "$WORK/src" && mkdir -p "$WORK/wheels" "$WORK/src"
-# Built from a copy: setuptools leaves build/ scratch folders in the tree it builds.
-tar -C "$REPO" --exclude=./.venv --exclude=./runs --exclude=./build --exclude='*.egg-info' --exclude=.git -cf - . \
-    | tar -C "$WORK/src" -xf -
-"$PY" -m pip wheel "$WORK/src" --no-deps -q -w "$WORK/wheels"
-WHEEL=$(ls "$WORK"/wheels/dreamlink-*.whl)
+image_wheel
+mkdir -p "$CACHE/wheels"
 "$PY" -m pip download -q --only-binary=:all: -d "$CACHE/wheels" "$WHEEL"
 rm -f "$CACHE"/wheels/dreamlink-*.whl
 ls "$CACHE/wheels"
@@ -128,23 +69,12 @@ connect = "udpin:127.0.0.1:14550"
 [deploy.health]
 ticks = 50
 EOF
-rm -rf "$WORK/overlay" "$WORK/pi-gen"
-"$PY" -m dreamlink.deploy deploy --root "$WORK/overlay" --config "$WORK/dreamlink.toml" --wheel "$WHEEL" \
-    --pi-gen "$WORK/pi-gen"
-cp -R --preserve=mode,timestamps,links --no-preserve=ownership "$WORK/overlay/." "$ROOT/"
-cp "$CACHE"/wheels/*.whl "$ROOT/opt/dreamlink/wheels/"
+image_overlay "$CACHE/wheels"
 rm -rf "$ROOT/root/bundle" && cp -R "$BUNDLE" "$ROOT/root/bundle"
 cp -R "$WORK/bad-bundle" "$ROOT/root/bad-bundle"
 
-mount -t proc proc "$ROOT/proc"
-mount -t sysfs sysfs "$ROOT/sys"
-in_root() { chroot "$ROOT" "$@"; }
-
 # ---------------------------------------------------------------- inside the image
-phase "chroot: setup-rootfs.sh (venv + wheel offline, sysusers, tmpfiles)"
-in_root env DREAMLINK_PIP_ARGS=--no-index /usr/lib/dreamlink/setup-rootfs.sh
-in_root id dreamlink
-in_root stat -c '%A %U:%G %n' /var/lib/dreamlink /var/lib/dreamlink/slots /var/log/dreamlink
+image_setup
 
 phase "chroot: systemd-analyze verify, logrotate --debug"
 VERIFY=$(in_root systemd-analyze verify /etc/systemd/system/dreamlink.service 2>&1 | grep dreamlink.service || true)
@@ -153,12 +83,6 @@ echo "unit verified"
 in_root logrotate --debug --state /tmp/logrotate.state /etc/logrotate.d/dreamlink 2>&1 | grep -E "^(error|Handling)" \
     | tee "$WORK/logrotate.out"
 ! grep -q '^error' "$WORK/logrotate.out" || die "logrotate config"
-
-DL=(/opt/dreamlink/venv/bin/dreamlink)
-if ! in_root "${DL[@]}" --help 2>/dev/null | grep -q install-bundle; then
-    echo "note: this dreamlink CLI has no deploy subcommands yet; using python -m dreamlink.deploy"
-    DL=($VENV/bin/python -m dreamlink.deploy)
-fi
 
 phase "chroot: install-bundle (verify, A/B slot, the runtime's health check)"
 in_root "${DL[@]}" install-bundle /root/bundle --no-service

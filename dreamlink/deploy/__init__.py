@@ -6,4 +6,5 @@ slots.py     A/B model slots, the atomic `current` switch, recovery after a powe
 install.py   install-bundle: verify, copy, switch, health check, roll back
 doctor.py    is this device ready to fly, and what to fix
 sdnotify.py  READY=1 / WATCHDOG=1 to systemd, standard library only
+wheels.py    do the onboard dependencies resolve to binary wheels for a board (aarch64) and Python?
 """

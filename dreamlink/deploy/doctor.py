@@ -53,8 +53,21 @@ class DoctorReport:
 
 
 def check_cpu(cpu: CpuInfo) -> Check:
-    simd = ", ".join(cpu.simd) or "none"
-    detail = f"{cpu.model} ({cpu.arch}, {cpu.cores} cores); SIMD: {simd}"
+    """The CPU and its SIMD features; on arm64 the ones int8 and fp16 kernels need, by name.
+
+    Under user-mode emulation (qemu-user) this warns: the emulated CPU's features are real to the
+    software, but every timing measured here is the host's and the emulator's, not the device's.
+    """
+    if cpu.is_arm64:
+        simd = "; ".join(f"{name} {'yes' if present else 'no'}" for name, present in cpu.arm_features())
+    else:
+        simd = "SIMD: " + (", ".join(cpu.simd) or "none")
+    detail = f"{cpu.model} ({cpu.arch}, {cpu.cores} cores); {simd}"
+    if cpu.emulated_on:
+        return Check(
+            "cpu", WARN, f"{detail}; EMULATED (user-mode, e.g. qemu-user) on a {cpu.emulated_on}",
+            "timings under emulation are not device figures: measure and calibrate on the board itself",
+        )  # fmt: skip
     if cpu.arch in ("x86_64", "AMD64") and "avx2" not in cpu.flags:
         return Check("cpu", WARN, detail, "no AVX2: ONNX Runtime falls back to slower kernels; expect a smaller budget")
     if cpu.arch.startswith("arm") and "neon" not in cpu.flags:
@@ -133,6 +146,8 @@ def check_budget(bundle: Bundle | None, cpu: CpuInfo, measure: Callable[[Bundle]
         p50, p99 = getattr(result, "p50_ms", float("nan")), getattr(result, "p99_ms", float("nan"))
         period_ms = bundle.spec.control_period_s * 1e3
         detail += f"; measured here: p50 {p50:.2f} ms, p99 {p99:.2f} ms (period {period_ms:.1f} ms)"
+        if cpu.emulated_on:
+            detail += " under emulation: not a device figure"
         if not getattr(result, "ok", False):
             reasons = "; ".join(getattr(result, "reasons", ()))
             return Check("budget", FAIL, f"{detail}; {reasons}", "lower samples/horizon or the rate, then recalibrate")
