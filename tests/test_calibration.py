@@ -1,0 +1,136 @@
+"""Calibration as a user runs it on a cart-pole model (physics data, no SITL: seconds): precisions judged
+against fp32 on held-out data, the horizon read from measured drift, the disagreement threshold and
+device budget written to the manifest, and the runtime and doctor reading the same budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx_models import linear_world_model
+from test_quantize import cartpole_transitions, train_bundle
+
+from dreamlink.bundle import BundleError, load_bundle, write_bundle
+from dreamlink.calibration.accuracy import measure_accuracy
+from dreamlink.calibration.budget import SweepConfig, SweepPoint, fit_budget
+from dreamlink.calibration.calibrate import CalibrateConfig, calibrate
+from dreamlink.calibration.horizon import AcceptTolerance, judge_precisions
+from dreamlink.deploy.budget import judge_budget
+from dreamlink.runtime.budget import check_rate, recorded_budget
+from dreamlink.spec import CARTPOLE
+
+TINY_SWEEP = SweepConfig(samples=(8, 16), horizons=(4,), steps=3, warmup=1)
+
+
+def test_a_model_trained_on_a_tenth_of_the_data_gets_a_shorter_horizon(tmp_path: Path) -> None:
+    full = cartpole_transitions(100, 40, seed=0)
+    tenth = full.subset(np.flatnonzero(full.episode < 10))
+    holdout = cartpole_transitions(10, 40, seed=99)
+    tol = AcceptTolerance(kstep_tolerance=0.1)
+    horizons = {}
+    for name, data in (("full", full), ("tenth", tenth)):
+        model = train_bundle(tmp_path / name, data) / "world_model.onnx"
+        horizon, _ = judge_precisions(measure_accuracy({"fp32": model}, holdout, max_k=30), tol)
+        horizons[name] = horizon
+    assert horizons["tenth"] < horizons["full"], horizons
+    assert horizons["full"] >= 3, horizons  # the full model's imagined future holds for a while
+
+
+@pytest.fixture(scope="module")
+def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    tmp = tmp_path_factory.mktemp("calib")
+    train, holdout = cartpole_transitions(60, 40, seed=0), cartpole_transitions(8, 40, seed=99)
+    train.save(tmp / "train.npz")
+    holdout.save(tmp / "holdout.npz")
+    return train_bundle(tmp / "bundle", train), tmp / "train.npz", tmp / "holdout.npz"
+
+
+def test_a_precision_failing_the_tolerance_is_refused_and_fp32_kept(model_and_data, tmp_path: Path) -> None:
+    bundle, train, holdout = model_and_data
+    strict = AcceptTolerance(kstep_tolerance=0.1, max_kstep_excess=0.0, max_action_error=1e-7)
+    config = CalibrateConfig(precisions=("fp32", "int8_dynamic", "int8_static"), methods=("minmax",),
+                             tolerance=strict, max_k=12, sweep=TINY_SWEEP, speed_point=(16, 4), speed_steps=3)
+    result = calibrate(bundle, [train], tmp_path / "out", config, holdout_paths=[holdout])
+
+    assert result.chosen == "fp32"
+    assert set(result.refused) == {"int8_dynamic", "int8_static_minmax"}
+    assert all("planner action differs from fp32's" in why for why in result.refused.values())
+    calibrated = load_bundle(result.calibrated_bundle)
+    cal = calibrated.manifest.calibration
+    assert cal["quantization"]["chosen"] == "fp32" and cal["budget"]["precision"] == "fp32"
+    assert calibrated.manifest.files["planner"].precision == "fp32"
+    assert cal["quantization"]["refused"]["int8_dynamic"] == result.refused["int8_dynamic"]
+    # the same measurements under the default tolerance accept int8: the refusal was the tolerance's doing
+    _, lenient = judge_precisions(result.accuracy, AcceptTolerance(kstep_tolerance=0.1))
+    assert lenient["int8_dynamic"].accepted and lenient["int8_static_minmax"].accepted
+    # the source bundle is left as it was
+    assert "quantization" not in load_bundle(bundle).manifest.calibration
+
+
+def test_calibration_writes_what_the_runtime_and_doctor_read(model_and_data, tmp_path: Path) -> None:
+    from dreamlink.calibration.report import write_report
+
+    bundle, train, holdout = model_and_data
+    config = CalibrateConfig(precisions=("fp32", "int8_static"), methods=("minmax", "percentile"), max_k=12,
+                             tolerance=AcceptTolerance(kstep_tolerance=0.1), sweep=TINY_SWEEP, speed_point=(16, 4),
+                             speed_steps=3)
+    result = calibrate(bundle, [train], tmp_path / "out", config, holdout_paths=[holdout])
+    manifest = load_bundle(result.calibrated_bundle).manifest
+    cal = manifest.calibration
+    assert np.isfinite(cal["disagreement_threshold"]) and cal["disagreement_threshold"] > 0
+    assert 1 <= cal["kstep"]["recommended_horizon"] <= 12 and cal["kstep"]["tolerance"] == 0.1
+    assert cal["planner"]["samples"] == cal["budget"]["samples"] and cal["planner"]["horizon"] <= result.horizon
+    rb = recorded_budget(manifest)
+    assert rb is not None and rb.section == "calibration.budget" and rb.share == 0.5
+    assert (rb.samples, rb.horizon, rb.precision) == (cal["budget"]["samples"], cal["budget"]["horizon"], result.chosen)
+    assert rb.max_rate_hz == pytest.approx(0.5 * 1e3 / cal["budget"]["p99_ms"], rel=1e-3)
+    # doctor's verdict and the runtime's refusal agree on the same record
+    verdict = judge_budget(manifest, rb.device or "")
+    if verdict.fits:
+        check_rate(manifest, CARTPOLE.rate_hz)
+    else:
+        with pytest.raises(BundleError):
+            check_rate(manifest, CARTPOLE.rate_hz)
+    report = write_report(result.out_dir, result.to_dict(), result.curves)
+    text = report.read_text()
+    assert "Chosen precision" in text and "int8_static" in text and "Speed at the issue's point" in text
+    assert (result.out_dir / "kstep_error.png").is_file() and (result.out_dir / "latency_vs_k.png").is_file()
+    assert json.loads((result.out_dir / "calibration.json").read_text())["chosen"] == result.chosen
+
+
+def budget_bundle(path: Path, budget: dict | None) -> Path:
+    onnx_path = linear_world_model(path.parent / f"{path.name}.onnx", np.eye(4, dtype=np.float32),
+                                   np.zeros((4, 1), np.float32))
+    write_bundle(path, CARTPOLE, {"world_model": (onnx_path, {"opset": 17})},
+                 calibration={"budget": budget} if budget else {})
+    return path
+
+
+def test_runtime_refuses_a_rate_the_budget_cannot_hold(tmp_path: Path) -> None:
+    from dreamlink.runtime.onboard import RunConfig, fly
+
+    record = {"device": "Test CPU", "precision": "int8_static_minmax", "samples": 512, "horizon": 15,
+              "p99_ms": 30.0, "share": 0.5}
+    slow = budget_bundle(tmp_path / "slow", record)
+    manifest = load_bundle(slow).manifest
+    with pytest.raises(BundleError, match=r"largest rate this budget fits is 16\.7 Hz") as e:
+        check_rate(manifest, 50.0)
+    assert "K=512 x H=15" in str(e.value) and "p99 30.00 ms" in str(e.value) and "10.00 ms" in str(e.value)
+    check_rate(manifest, 16.0)  # fits
+    verdict = judge_budget(manifest, "Test CPU")
+    assert not verdict.fits and "max rate 16.7 Hz" in verdict.message
+    # the runtime refuses at start, before it opens a link
+    with pytest.raises(BundleError, match=r"16\.7 Hz"):
+        fly(RunConfig(bundle=slow, connect="udpin:127.0.0.1:9", out_dir=tmp_path / "flight"))
+    check_rate(load_bundle(budget_bundle(tmp_path / "none", None)).manifest, 1000.0)  # uncalibrated: allowed
+
+
+def test_budget_is_the_largest_setting_whose_p99_fits() -> None:
+    pts = [SweepPoint("int8", k, h, p99 * 0.8, p99, 0.0, 0.0)
+           for k, h, p99 in ((64, 10, 3.0), (128, 10, 6.0), (64, 20, 5.0), (256, 10, 12.0), (128, 20, 9.9))]
+    best = fit_budget(pts, "int8", period_s=0.02, share=0.5)
+    assert best is not None and (best.samples, best.horizon) == (128, 20)
+    assert fit_budget(pts, "int8", 0.02, 0.5, max_horizon=10).samples == 128
+    assert fit_budget(pts, "int8", 0.002, 0.5) is None
