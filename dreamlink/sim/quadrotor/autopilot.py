@@ -167,11 +167,21 @@ class Autopilot:
         self._armed_at_s = 0.0
         self._ground_idle_since: float | None = None
         self._last_update_s: float | None = None
+        self.estimator_fault = False  # set by the SITL's fault schedule: the EKF reports itself unhealthy
+        self.estimator_bad_since_s: float | None = None
 
     # -- queries ------------------------------------------------------------------------------------------------
 
     def estimator_ok(self, now_s: float) -> bool:
-        return now_s >= self.config.estimator_init_s
+        return now_s >= self.config.estimator_init_s and not self.estimator_fault
+
+    def set_estimator_fault(self, bad: bool, now_s: float) -> None:
+        """The estimator turns unhealthy (or recovers): health bits and reports follow, failsafes per flavour."""
+        if bad and not self.estimator_fault:
+            self.estimator_bad_since_s = now_s
+        elif not bad:
+            self.estimator_bad_since_s = None
+        self.estimator_fault = bad
 
     def text(self, severity: int, message: str) -> None:
         self.texts.append((severity, message))

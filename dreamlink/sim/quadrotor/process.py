@@ -2,7 +2,9 @@
 
     python -m dreamlink.sim.quadrotor.process --flavour ardupilot|px4 --out udp:127.0.0.1:PORT
         [--lockstep] [--seed N] [--wind-mps X] [--gust-mps X] [--nominal] [--estimator-init-s S]
-        [--streams-at-boot] [--domain-json PATH] [--bind HOST:PORT]
+        [--streams-at-boot] [--domain-json PATH] [--domain-json-in PATH] [--bind HOST:PORT]
+        [--reboot-at-s T] [--freeze-telemetry START:DURATION] [--bad-estimator START:DURATION]
+        [--signing-key-file KEY]
 
 `main(argv)` is the entry point (`python -m dreamlink.sim quad ...` passes the arguments after "quad"; a
 leading "quad" is accepted too). SIGTERM / SIGINT end it with exit code 0.
@@ -13,6 +15,23 @@ arrives on the socket is taken. The client listens on `--out`'s port.
 Start: the domain parameters are drawn from `--seed` (unless `--nominal`), `--wind-mps` / `--gust-mps`
 override the wind, and the draw is printed on stdout as one line `DOMAIN {json}` (and written to
 `--domain-json`) before the first heartbeat, so a data set can record it.
+
+Faults, scheduled in vehicle time (so a lockstep flight meets them at the same step every run):
+
+- `--reboot-at-s T`: at vehicle time T the flight controller reboots, as a SITL process restarted under the
+  same socket: a fresh vehicle (disarmed, on the ground at home: a real mid-air reboot drops the airframe,
+  which no companion can prevent; what is tested is what the companion does next), vehicle time from 0
+  again, the boot banner, ArduPilot back to sending only HEARTBEAT until asked for streams.
+- `--freeze-telemetry START:DURATION`: no HEARTBEAT and no streams in that window (TIMESYNC answers and
+  command ACKs still go out, see mavlink_io.py).
+- `--bad-estimator START:DURATION`: the estimator reports itself unhealthy in that window (SYS_STATUS AHRS
+  bit, EKF_STATUS_REPORT / ESTIMATOR_STATUS); the autopilot reacts as its family does (ArduPilot's EKF
+  failsafe LANDs after 1 s; PX4's position modes cannot run and its failsafe takes over).
+- `--signing-key-file KEY`: MAVLink 2 signing on the link (mavlink_io.py).
+
+At exit the process prints one line `FINAL {json}` on stdout: vehicle time, armed, mode, landed, the true
+position and speed, the largest tilt and the ground-impact speed seen, reboots and the link counters, so a
+campaign can judge the outcome from the vehicle's side.
 
 Timing:
 
@@ -50,11 +69,12 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.firmware_bridge.security import SigningKey, load_signing_key
 from dreamlink.sim.mavlink_udp import drain, udp_address
 from dreamlink.sim.quadrotor.autopilot import AutopilotConfig
 from dreamlink.sim.quadrotor.mavlink_io import IoCounters, MavlinkFace
 from dreamlink.sim.quadrotor.modes import FLAVOURS
-from dreamlink.sim.quadrotor.physics import QuadParams
+from dreamlink.sim.quadrotor.physics import QuadParams, quat_to_rotation
 from dreamlink.sim.quadrotor.randomisation import DomainParams, RandomisationRanges, fixed_ranges, sample
 from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
 
@@ -81,8 +101,18 @@ class ProcessConfig:
     gust_mps: float | None = None
     estimator_init_s: float = 1.0
     streams_at_boot: bool | None = None
+    reboot_at_s: float | None = None
+    freeze_telemetry: tuple[float, float] | None = None  # (start s, duration s), vehicle time
+    bad_estimator: tuple[float, float] | None = None
+    signing_key_file: str = ""
 
     def __post_init__(self) -> None:
+        if self.reboot_at_s is not None and not (math.isfinite(self.reboot_at_s) and self.reboot_at_s > 0):
+            raise ValueError(f"ProcessConfig.reboot_at_s: expected a vehicle time > 0 s, got {self.reboot_at_s!r}")
+        for name in ("freeze_telemetry", "bad_estimator"):
+            window = getattr(self, name)
+            if window is not None and not (len(window) == 2 and all(math.isfinite(v) and v >= 0 for v in window)):
+                raise ValueError(f"ProcessConfig.{name}: expected (start_s, duration_s) >= 0, got {window!r}")
         if self.flavour not in FLAVOURS:
             raise ValueError(f"ProcessConfig.flavour: expected one of {FLAVOURS}, got {self.flavour!r}")
         if not 0 < self.out_port < 65536:
@@ -102,16 +132,114 @@ class ProcessConfig:
         return drawn.with_wind(self.wind_mps, self.gust_mps)
 
 
-def build_vehicle(config: ProcessConfig) -> SimVehicle:
+def build_vehicle(config: ProcessConfig, domain: DomainParams | None = None) -> SimVehicle:
+    """The vehicle with `domain` (explicit parameters, e.g. a campaign's draw), else drawn from the config."""
     nominal = QuadParams()
     return SimVehicle(AutopilotConfig(config.flavour, estimator_init_s=config.estimator_init_s),
-                      config.domain(nominal), nominal)
+                      domain if domain is not None else config.domain(nominal), nominal)
+
+
+def read_domain_json(path: Path) -> DomainParams:
+    """Parameters from `--domain-json-in`: a `DomainParams` dict, or a record as `--domain-json` writes it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--domain-json-in {path}: cannot read a JSON object ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--domain-json-in {path}: expected a JSON object, got {type(data).__name__}")
+    return DomainParams.from_dict(data.get("domain", data))
+
+
+def _in_window(window: tuple[float, float] | None, t_s: float) -> bool:
+    return window is not None and window[0] <= t_s < window[0] + window[1]
+
+
+class _Sitl:
+    """The vehicle and its MAVLink face, replaceable as a whole (a reboot), with the fault schedule."""
+
+    def __init__(self, config: ProcessConfig, vehicle: SimVehicle, send: Callable[[bytes], None],
+                 key: SigningKey | None) -> None:
+        self.config, self.send, self.key = config, send, key
+        self.reboots = 0
+        self.max_tilt_rad = 0.0
+        self.impact_mps = 0.0
+        self._was_on_ground = True
+        self._speed_mps = 0.0
+        self._boot(vehicle)
+
+    def _boot(self, vehicle: SimVehicle) -> None:
+        self.vehicle = vehicle
+        self.face = MavlinkFace(vehicle, self.send, lockstep=self.config.lockstep,
+                                streams_at_boot=self.config.streams_at_boot, on_tick=self.tick, signing_key=self.key)
+        if self.config.flavour == "ardupilot":  # the banner ArduCopter sends at boot (log)
+            self.face.statustext(6, "ArduCopter V4.8.0-dev (dreamlink SITL)")
+            self.face.statustext(6, "Frame: QUAD/X")
+        self.apply_faults()
+        self.face.after_frame()
+
+    def tick(self) -> None:
+        for _ in range(TICK_FRAMES):
+            self.frame()
+
+    def frame(self) -> None:
+        self.vehicle.advance_frame()
+        self._watch()
+        self.apply_faults()
+        self.face.after_frame()
+
+    def _watch(self) -> None:
+        s = self.vehicle.state
+        r = quat_to_rotation(s.q_ned_frd)
+        self.max_tilt_rad = max(self.max_tilt_rad, math.acos(max(-1.0, min(1.0, float(r[2, 2])))))
+        on_ground = bool(s.on_ground)
+        speed = float(np.linalg.norm(s.vel_ned_mps))
+        if on_ground and not self._was_on_ground:  # the speed of the frame before contact (contact stops it)
+            self.impact_mps = max(self.impact_mps, self._speed_mps, speed)
+        self._was_on_ground, self._speed_mps = on_ground, speed
+
+    def apply_faults(self) -> None:
+        t_s, c = self.vehicle.time_s, self.config
+        frozen = _in_window(c.freeze_telemetry, t_s) and self.reboots == 0
+        if frozen != self.face.telemetry_frozen:
+            log.warning("telemetry %s at vehicle time %.2f s", "frozen" if frozen else "resumes", t_s)
+            self.face.telemetry_frozen = frozen
+        bad = _in_window(c.bad_estimator, t_s) and self.reboots == 0
+        if bad != self.vehicle.autopilot.estimator_fault:
+            log.warning("estimator %s at vehicle time %.2f s", "unhealthy" if bad else "healthy again", t_s)
+            self.vehicle.autopilot.set_estimator_fault(bad, t_s)
+
+    def reboot_due(self) -> bool:
+        return self.config.reboot_at_s is not None and self.reboots == 0 and \
+            self.vehicle.time_s >= self.config.reboot_at_s
+
+    def reboot(self) -> None:
+        log.warning("REBOOT at vehicle time %.2f s (%s, %s)", self.vehicle.time_s, self.vehicle.autopilot.mode_name,
+                    "armed" if self.vehicle.autopilot.armed else "disarmed")
+        counters = self.face.counters
+        self.reboots += 1
+        self._boot(build_vehicle(self.config, self.vehicle.domain))  # same airframe, fresh state
+        self.face.counters = counters  # one process: its link counters carry on
+
+    def final(self) -> dict[str, Any]:
+        v, ap = self.vehicle, self.vehicle.autopilot
+        s = v.state
+        return {"time_s": v.time_s, "armed": ap.armed, "mode": ap.mode_name, "landed": ap.landed,
+                "failsafe": bool(getattr(ap, "failsafe", False)) or ap.counters.failsafes > 0,
+                "pos_ned_m": [round(float(x), 3) for x in s.pos_ned_m],
+                "speed_mps": float(np.linalg.norm(s.vel_ned_mps)), "altitude_m": -float(s.pos_ned_m[2]),
+                "max_tilt_deg": math.degrees(self.max_tilt_rad), "impact_mps": self.impact_mps,
+                "reboots": self.reboots,
+                "counters": {k: v for k, v in self.face.counters.__dict__.items() if k != "rx_by_type"},
+                "autopilot": dict(ap.counters.__dict__)}
 
 
 def run(config: ProcessConfig, should_stop: Callable[[], bool], wake_socks: Sequence[socket.socket] = (),
-        clock: Callable[[], float] = time.monotonic, vehicle: SimVehicle | None = None) -> IoCounters:
-    """Serve one vehicle on UDP until `should_stop()`; `wake_socks` are drained when readable (signals)."""
+        clock: Callable[[], float] = time.monotonic, vehicle: SimVehicle | None = None,
+        final: dict[str, Any] | None = None) -> IoCounters:
+    """Serve one vehicle on UDP until `should_stop()`; `wake_socks` are drained when readable (signals).
+    `final`, if given, is filled with the vehicle's end state (see the module docstring)."""
     vehicle = vehicle if vehicle is not None else build_vehicle(config)
+    key = load_signing_key(config.signing_key_file) if config.signing_key_file else None
     out_addr = (socket.gethostbyname(config.out_host), config.out_port)
     bind_host = config.bind_host or ("127.0.0.1" if ipaddress.ip_address(out_addr[0]).is_loopback else "0.0.0.0")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -123,33 +251,27 @@ def run(config: ProcessConfig, should_stop: Callable[[], bool], wake_socks: Sequ
         except OSError:  # nobody listening yet (ICMP refused) or buffer full: UDP, the client catches up
             tx_errors[0] += 1
 
-    def tick() -> None:
-        for _ in range(TICK_FRAMES):
-            vehicle.advance_frame()
-            face.after_frame()
-
     try:
         sock.bind((bind_host, config.bind_port))
         sock.setblocking(False)
-        face = MavlinkFace(vehicle, send, lockstep=config.lockstep, streams_at_boot=config.streams_at_boot,
-                           on_tick=tick)
-        log.info("quadrotor SITL (%s) on udp:%s:%d -> udp:%s:%d, %s, seed %d", config.flavour, *sock.getsockname(),
-                 *out_addr, "lockstep" if config.lockstep else "real time", config.seed)
-        if config.flavour == "ardupilot":  # the banner ArduCopter sends at boot (log)
-            face.statustext(6, "ArduCopter V4.8.0-dev (dreamlink SITL)")
-            face.statustext(6, "Frame: QUAD/X")
-        face.after_frame()
-        _serve(face, sock, should_stop, wake_socks, clock, config.lockstep)
-        return face.counters
+        log.info("quadrotor SITL (%s) on udp:%s:%d -> udp:%s:%d, %s, seed %d%s", config.flavour, *sock.getsockname(),
+                 *out_addr, "lockstep" if config.lockstep else "real time", config.seed,
+                 f", signing with key {key.key_id}" if key is not None else "")
+        sitl = _Sitl(config, vehicle, send, key)
+        try:
+            _serve(sitl, sock, should_stop, wake_socks, clock, config.lockstep)
+        finally:
+            if final is not None:
+                final.update(sitl.final())
+        return sitl.face.counters
     finally:
         if tx_errors[0]:
             log.info("%d datagrams could not be sent (no listener yet)", tx_errors[0])
         sock.close()
 
 
-def _serve(face: MavlinkFace, sock: socket.socket, should_stop: Callable[[], bool],
+def _serve(sitl: _Sitl, sock: socket.socket, should_stop: Callable[[], bool],
            wake_socks: Sequence[socket.socket], clock: Callable[[], float], lockstep: bool) -> None:
-    vehicle = face.vehicle
     frame_s = FRAME_US / 1e6
     start = clock()
     next_frame = start + frame_s
@@ -157,6 +279,9 @@ def _serve(face: MavlinkFace, sock: socket.socket, should_stop: Callable[[], boo
     skips = 0
     readers = [sock, *wake_socks]
     while not should_stop():
+        if sitl.reboot_due():
+            sitl.reboot()
+        face = sitl.face
         now = clock()
         if lockstep:
             if now >= next_wall_heartbeat:
@@ -170,14 +295,15 @@ def _serve(face: MavlinkFace, sock: socket.socket, should_stop: Callable[[], boo
                 log.warning("physics %.3f s behind the wall clock: skipping ahead (%d so far)", now - next_frame, skips)
                 next_frame = now
             while now >= next_frame:
-                vehicle.advance_frame()
-                face.after_frame()
+                sitl.frame()
                 next_frame += frame_s
+                if sitl.reboot_due():
+                    break
             deadline = next_frame
         readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
         for ready in readable:
             if ready is sock:
-                drain(face.receive, sock)
+                drain(lambda datagram: sitl.face.receive(datagram), sock)
             else:
                 try:
                     ready.recv(4096)
@@ -203,9 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vehicle seconds before the estimator is ready (arming refused until then)")
     p.add_argument("--streams-at-boot", action="store_true",
                    help="ardupilot: stream the default set from boot (real ArduPilot waits to be asked)")
+    p.add_argument("--reboot-at-s", type=float, default=None, metavar="T",
+                   help="fault: the flight controller reboots at vehicle time T (s)")
+    p.add_argument("--freeze-telemetry", type=_window, default=None, metavar="START:DURATION",
+                   help="fault: no HEARTBEAT or streams in this vehicle-time window (s)")
+    p.add_argument("--bad-estimator", type=_window, default=None, metavar="START:DURATION",
+                   help="fault: the estimator reports itself unhealthy in this vehicle-time window (s)")
+    p.add_argument("--signing-key-file", default="", metavar="KEY",
+                   help="MAVLink 2 signing key (32 bytes, chmod 600): sign all, act only on signed frames")
     p.add_argument("--domain-json", type=Path, default=None, help="also write the drawn parameters here")
+    p.add_argument("--domain-json-in", type=Path, default=None,
+                   help="fly these parameters (a --domain-json record) instead of drawing them from --seed")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def _window(text: str) -> tuple[float, float]:
+    start, sep, duration = text.partition(":")
+    try:
+        window = (float(start), float(duration))
+    except ValueError:
+        window = (math.nan, math.nan)
+    if not sep or not all(math.isfinite(v) and v >= 0 for v in window):
+        raise argparse.ArgumentTypeError(f"expected START:DURATION in seconds >= 0, like 8:2, got {text!r}")
+    return window
 
 
 def main(argv: list[str]) -> int:
@@ -220,8 +367,12 @@ def main(argv: list[str]) -> int:
                                bind_host=args.bind[0] if args.bind else "", bind_port=args.bind[1] if args.bind else 0,
                                lockstep=args.lockstep, seed=args.seed, nominal=args.nominal, wind_mps=args.wind_mps,
                                gust_mps=args.gust_mps, estimator_init_s=args.estimator_init_s,
-                               streams_at_boot=True if args.streams_at_boot else None)
-        vehicle = build_vehicle(config)
+                               streams_at_boot=True if args.streams_at_boot else None,
+                               reboot_at_s=args.reboot_at_s, freeze_telemetry=args.freeze_telemetry,
+                               bad_estimator=args.bad_estimator, signing_key_file=args.signing_key_file)
+        if config.signing_key_file:
+            load_signing_key(config.signing_key_file)  # a bad key file is a bad argument (SigningKeyError names it)
+        vehicle = build_vehicle(config, read_domain_json(args.domain_json_in) if args.domain_json_in else None)
     except (ValueError, TypeError) as exc:
         log.error("bad argument: %s", exc)
         return 2
@@ -246,8 +397,9 @@ def main(argv: list[str]) -> int:
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    final: dict[str, Any] = {}
     try:
-        counters = run(config, stop.is_set, wake_socks=(wake_r,), vehicle=vehicle)
+        counters = run(config, stop.is_set, wake_socks=(wake_r,), vehicle=vehicle, final=final)
     except OSError as exc:
         log.error("cannot serve the vehicle on udp (%s); is --bind free and --out a reachable host?", exc)
         return 1
@@ -258,8 +410,9 @@ def main(argv: list[str]) -> int:
                 signal.signal(sig, handler)
         wake_r.close()
         wake_w.close()
-    log.info("quadrotor SITL stopped at vehicle time %.2f s: %s; autopilot %s", vehicle.time_s, counters,
-             vehicle.autopilot.counters)
+    log.info("quadrotor SITL stopped at vehicle time %.2f s: %s", final.get("time_s", math.nan), counters)
+    sys.stdout.write("FINAL " + json.dumps(final, sort_keys=True) + "\n")
+    sys.stdout.flush()
     return 0
 
 
