@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +127,14 @@ def interleaved(steppers: dict[str, Callable[[np.ndarray], Any]], steps: int, wa
 
 
 def fused(bundle: Bundle, threads: int, seed: int = 0) -> FusedPlanner:
-    session = SessionConfig(**{**_bundle_session(bundle), "intra_op_threads": threads})
+    session = replace(_bundle_session(bundle), intra_op_threads=threads)
     return FusedPlanner.from_bundle(bundle, cartpole_balance(bundle.spec), np.random.default_rng(seed),
                                     session=session)
 
 
-def _bundle_session(bundle: Bundle) -> dict[str, Any]:
-    raw = bundle.manifest.calibration.get("session", {})
-    return {k: raw[k] for k in ("intra_op_threads", "inter_op_threads", "allow_spinning", "graph_optimization")
-            if k in raw}
+def _bundle_session(bundle: Bundle) -> SessionConfig:
+    """The session settings the bundle records, read as `dreamlink run` reads them (FusedPlanner.from_bundle)."""
+    return SessionConfig.from_calibration(bundle.manifest.calibration.get("session", {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,8 +425,10 @@ def verdict(result: dict[str, Any]) -> list[list[Any]]:
         checks.append(["fused fp32 p99 / median", "<= 1.2", f"{f['p99_over_median']:.3f}", f["p99_over_median"] <= 1.2])
     for p in result.get("processes", []):
         if p["process"].startswith("onboard (dreamlink fused fp32"):
-            checks.append(["onboard RSS", "< 80 MB", f"{p['rss_mb_max']:.1f} MB (peak {p['peak_rss_mb_max']:.1f})",
-                           p["rss_mb_max"] < 80])
+            # The peak (VmHWM), not the RSS at the end: memory the process needed once, it needs every start.
+            checks.append(["onboard peak RSS (VmHWM)", "< 80 MB",
+                           f"{p['peak_rss_mb_max']:.1f} MB (at the first command {p['rss_mb_max']:.1f})",
+                           p["peak_rss_mb_max"] < 80])
             checks.append(["onboard start to first command", "<= 0.5 s", f"{p['first_command_s_median']:.3f} s",
                            p["first_command_s_median"] <= 0.5])
     return checks

@@ -7,8 +7,10 @@
 Each imports what it needs, loads its model, plans once from a near-upright state and sends the
 first action as a MAVLink SET_ACTUATOR_CONTROL_TARGET through dreamlink's own link and motor-board
 profile to 127.0.0.1:PORT, where the parent timestamps its arrival (the parent's clock runs from
-before it spawned this process, so interpreter start-up counts). Then it prints one JSON line:
-its RSS (VmRSS) and peak RSS (VmHWM) from /proc/self/status, and its own phase times.
+before it spawned this process, so interpreter start-up counts). The onboard probe follows
+`dreamlink run` (runtime/onboard.py `fly`): bundle, planner, one warm-up plan, heap trimmed, link.
+Then it prints one JSON line: its RSS (VmRSS) and peak RSS (VmHWM, the number issue 4 bounds) from
+/proc/self/status, and its own phase times.
 """
 
 from __future__ import annotations
@@ -28,6 +30,16 @@ def _rss_kb() -> dict[str, int]:
                 key, value = line.split(":", 1)
                 out[key] = int(value.split()[0])
     return out
+
+
+def _trim_heap() -> None:
+    """What `fly` does after its warm-up plan: glibc's free heap back to the OS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _send_first_command(spec, action, port: int) -> None:  # type: ignore[no-untyped-def]
@@ -55,6 +67,7 @@ def onboard(bundle_path: str, port: int) -> dict[str, object]:
     t_load = time.monotonic()
     state = np.array([0.0, 0.0, 0.02, 0.0], np.float32)
     plan = planner.plan(state, planner.initial_plan(), 0.0)
+    _trim_heap()
     t_plan = time.monotonic()
     _send_first_command(bundle.spec, plan.actions[0], port)
     t_sent = time.monotonic()
@@ -110,6 +123,8 @@ def stages(bundle_path: str) -> dict[str, object]:
     warm = planner.initial_plan()
     planner.plan(state, warm, 0.0)
     steps.append({"stage": "first plan", **_rss_kb()})
+    _trim_heap()
+    steps.append({"stage": "heap trimmed (as dreamlink run does)", **_rss_kb()})
     for _ in range(5):
         planner.plan(state, warm, 0.0)
     steps.append({"stage": "after 5 more plans", **_rss_kb()})

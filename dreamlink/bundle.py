@@ -23,9 +23,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -197,14 +194,23 @@ def _check_io(where: str, kind: str, name: str, shape: list[Any], dtype: str, ex
 def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size: int = 1) -> None:
     """Open the ONNX file in ONNX Runtime and check its inputs/outputs against the role's contract.
 
-    world_model: state [B,S], action [B,A] -> next_state [B,S] (or [E,B,S]); policy: state [B,S] -> action [B,A].
+    world_model: state [B,S], action [B,A] -> next_state [B,S] (or [E,B,S]); policy: state [B,S] (and optionally
+    target [B,S], the task's reference a few steps ahead) -> action [B,A].
     """
     import onnxruntime as ort  # deferred: manifest-only tools need not pay for it
 
     S, A = spec.state_dim, spec.action_dim
     where = path.name
+    # Loaded to be read, never run: no graph optimisation, no memory arena or pattern, one thread. That
+    # makes the check cheap in time and in the memory an onboard process keeps after it.
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises several private exception types
         raise BundleError(f"{where}: ONNX Runtime cannot load it ({e}); re-export the model") from None
     inputs = {i.name: i for i in sess.get_inputs()}
@@ -215,6 +221,8 @@ def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size:
         out_name = "next_state"
     elif role == "policy":
         want_in, want_out, out_name = {"state": [None, S]}, [None, A], "action"
+        if "target" in inputs:
+            want_in["target"] = [None, S]
     else:
         return  # planner graphs are checked by the planner that composes them
     for name, expected in want_in.items():
@@ -237,6 +245,8 @@ def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size:
 
 
 def _safe_extract(tar_path: Path, dest: Path) -> None:
+    import tarfile  # deferred, as are tempfile and shutil: only .tar bundles and writing need them (~0.6 MB)
+
     try:
         with tarfile.open(tar_path) as tf:
             if hasattr(tarfile, "data_filter"):
@@ -264,6 +274,9 @@ def load_bundle(path: str | os.PathLike[str], check_models: bool = True,
     if not p.exists():
         raise BundleError(f"{p}: no such bundle (expected a folder with {MANIFEST}, or a .tar of one)")
     if p.is_file():
+        import shutil
+        import tempfile
+
         tmp = Path(tempfile.mkdtemp(prefix="dreamlink-bundle-"))
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         _safe_extract(p, tmp)
@@ -313,6 +326,8 @@ def write_bundle(
 
     The folder appears complete or not at all (built beside the target, renamed last).
     """
+    import shutil
+
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"{out}: exists and is not an empty folder; choose a new bundle folder")

@@ -579,6 +579,8 @@ DEFAULT_SESSION = {
     "allow_spinning": False,
     "graph_optimization": "disable",
     "optimized_offline": "extended",
+    "mem_arena": True,  # SessionConfig's defaults, written out: a bundle says how it was measured
+    "mem_pattern": False,
 }
 
 

@@ -34,11 +34,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 
 from dreamlink.firmware_bridge.autopilot import AutopilotConfig, AutopilotError, AutopilotProfile
 from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkTimeout, mavlink
+from dreamlink.firmware_bridge.params import set_param
 from dreamlink.spec import QUAD, VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ STREAM_GROUPS: Mapping[int, int] = {
     mavlink.MAVLINK_MSG_ID_ATTITUDE: mavlink.MAV_DATA_STREAM_EXTRA1,
     mavlink.MAVLINK_MSG_ID_EXTENDED_SYS_STATE: mavlink.MAV_DATA_STREAM_EXTENDED_STATUS,
     mavlink.MAVLINK_MSG_ID_SYS_STATUS: mavlink.MAV_DATA_STREAM_EXTENDED_STATUS,
+    mavlink.MAVLINK_MSG_ID_EKF_STATUS_REPORT: mavlink.MAV_DATA_STREAM_EXTRA3,
 }
 WPNAV_SPEED_UP_MPS = 2.5  # ArduCopter's default climb speed; sizes the take-off timeout
 
@@ -71,6 +74,11 @@ class ArduPilotCopterProfile(AutopilotProfile):
     FAMILY = "ArduPilot"
     AUTOPILOT = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA
     CONTROL_MODE = "GUIDED"
+    ESTIMATOR_REPORT = "EKF_STATUS_REPORT"
+    # Guided-mode velocity shaping (read when GUIDED starts): the defaults WP_ACC 2.5 m/s^2 and PSC_JERK_NE
+    # 5 m/s^3 cannot follow a 3 m figure-eight at 2 m/s (3.3 m/s^2 peak), and whatever the planner asks
+    # beyond them the autopilot silently smooths away. 5.0 is WP_ACC's documented maximum.
+    GUIDED_TUNING: ClassVar[Mapping[str, float]] = {"WP_ACC": 5.0, "PSC_JERK_NE": 10.0}
 
     def __init__(self, link: Link, spec: VehicleSpec = QUAD, config: AutopilotConfig | None = None) -> None:
         config = config if config is not None else AutopilotConfig()
@@ -94,7 +102,11 @@ class ArduPilotCopterProfile(AutopilotProfile):
     # -- profile contract --------------------------------------------------------------------------
 
     def enter_control_mode(self) -> None:
-        """GUIDED, holding the current heading in every setpoint. Works armed or not, on the ground or flying."""
+        """GUIDED (tuned by `GUIDED_TUNING` first), holding the current heading in every setpoint. Works armed
+        or not, on the ground or flying."""
+        for name, value in self.GUIDED_TUNING.items():
+            set_param(self.link, self.config.target_system, self.config.target_component, name, value,
+                      timeout_s=self.command_timeout_s, retries=self.command_retries)
         self.set_mode("GUIDED")
         self.hold_yaw()
 

@@ -22,6 +22,17 @@ speak the same two messages (the MAVLink common set, https://mavlink.io/en/messa
   position") and both refuse to arm; STATUSTEXT is logged and kept, so a refused command's error carries
   the autopilot's own words ("PreArm: ...").
 
+Faults the profile watches for (so the loop does not plan on a state it cannot trust):
+
+- Estimator health (`estimator_ok`): SYS_STATUS's MAV_SYS_STATUS_AHRS health bit (both firmwares), and the
+  family's own report, asked for at `status_rate_hz`: ArduPilot's EKF_STATUS_REPORT (bad when a variance
+  reaches FS_EKF_THRESH's default 0.8, the filter is uninitialised or in constant-position mode, or lacks
+  attitude, velocity or relative position; ArduCopter/ekf_check.cpp), PX4's ESTIMATOR_STATUS (bad when an
+  innovation test ratio exceeds 1, a GPS glitch or accelerometer error is flagged, or a solution is missing).
+- A reboot (`reboots`): the autopilot's clock (time_boot_ms, TIMESYNC tc1) jumps back by more than 1 s. The
+  profile then reports no state (`state()` age inf) until `connect()` is called again: a flight controller
+  that rebooted is disarmed, its estimator starts over, and nothing of the flight before applies to it.
+
 Pure functions (`state_from_messages`, `velocity_setpoint_fields`, `action_from_setpoint`) are what the
 profiles use on the hot path and what `dreamlink.calibration.tlog_data` uses to turn a flight log into
 transitions, so a model trained from logs sees exactly what the runtime will feed it.
@@ -79,6 +90,13 @@ VELOCITY_SETPOINT_NAMES = ("vel_sp_n_mps", "vel_sp_e_mps", "vel_sp_d_mps")
 
 _LANDED_IN_AIR = (mavlink.MAV_LANDED_STATE_IN_AIR, mavlink.MAV_LANDED_STATE_TAKEOFF,
                   mavlink.MAV_LANDED_STATE_LANDING)
+_REBOOT_JUMP_S = 1.0  # the autopilot's clock went back this far: it rebooted
+# ESTIMATOR_STATUS_FLAGS / EKF_STATUS_FLAGS (same bits): attitude, both velocities, relative horizontal and
+# absolute vertical position are what a velocity-setpoint flight needs.
+_ESTIMATOR_NEEDED = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
+_EKF_UNINITIALIZED, _CONST_POS_MODE = 1024, 128
+_ESTIMATOR_FAULTS = 1024 | 2048  # ESTIMATOR_GPS_GLITCH, ESTIMATOR_ACCEL_ERROR
+FS_EKF_THRESH = 0.8  # ArduCopter's default variance threshold
 _TIME_TOLERANCE_S = 5e-4  # time_boot_ms is whole ms; callers compute targets in float seconds
 _WARN_EVERY_S = 5.0
 
@@ -210,6 +228,17 @@ def action_from_setpoint(msg: Any, spec: VehicleSpec = QUAD, yaw_rad: float | No
     return action
 
 
+def _estimator_why(measure: str, high: list[str], flags: int, fault_flags: int, fault_text: str) -> str:
+    """Why an estimator report says the estimate is unusable, "" if it does not."""
+    if high:
+        return f"{measure} " + ", ".join(high)
+    if flags & _ESTIMATOR_NEEDED != _ESTIMATOR_NEEDED:
+        return f"flags 0x{flags:x} lack 0x{_ESTIMATOR_NEEDED & ~flags:x}"
+    if flags & fault_flags:
+        return f"flags 0x{flags:x}: {fault_text}"
+    return ""
+
+
 def autopilot_name(autopilot: int) -> str:
     entry = mavlink.enums["MAV_AUTOPILOT"].get(autopilot)
     return entry.name if entry is not None else f"MAV_AUTOPILOT {autopilot}"
@@ -279,6 +308,7 @@ class AutopilotProfile:
     FAMILY = "autopilot"
     AUTOPILOT = mavlink.MAV_AUTOPILOT_GENERIC
     CONTROL_MODE = ""
+    ESTIMATOR_REPORT = ""  # the family's estimator message (EKF_STATUS_REPORT, ESTIMATOR_STATUS), streamed
 
     def __init__(self, link: Link, spec: VehicleSpec = QUAD, config: AutopilotConfig = AutopilotConfig()) -> None:
         self.layout = quad_layout(spec)
@@ -303,7 +333,13 @@ class AutopilotProfile:
         self._yaw_hold_rad: float | None = None
         self._epoch_s = time.monotonic()  # our time_boot_ms in setpoints (the client's clock, as in the logs)
         self._last_warning = -math.inf
+        self._vehicle_t_s = -math.inf  # newest autopilot time seen (any source), for reboot detection
+        self._rebooted = False
+        self.reboots = 0
+        self._estimator_bad: dict[str, str] = {}  # message -> why, while that message says it is bad
         link.subscribe("LOCAL_POSITION_NED", self._on_local_position)
+        link.subscribe("EKF_STATUS_REPORT", self._on_ekf_status_report)
+        link.subscribe("ESTIMATOR_STATUS", self._on_estimator_status)
         link.subscribe("ATTITUDE", self._on_attitude)
         link.subscribe("HEARTBEAT", self._on_heartbeat)
         link.subscribe("EXTENDED_SYS_STATE", self._on_extended_sys_state)
@@ -329,6 +365,7 @@ class AutopilotProfile:
         if not self._from_autopilot(msg):
             return
         with self._cond:
+            self._note_vehicle_time(msg.time_boot_ms / 1000.0)
             fill_from_local_position(self._x, msg, self.layout)
             self._position_ned[0], self._position_ned[1], self._position_ned[2] = msg.x, msg.y, msg.z
             self._t_s = msg.time_boot_ms / 1000.0
@@ -339,6 +376,7 @@ class AutopilotProfile:
         if not self._from_autopilot(msg):
             return
         with self._cond:
+            self._note_vehicle_time(msg.time_boot_ms / 1000.0)
             fill_from_attitude(self._x, msg, self.layout)
             self._yaw_rad = msg.yaw
             self._attitude_t_s = msg.time_boot_ms / 1000.0
@@ -367,9 +405,59 @@ class AutopilotProfile:
 
     def _on_sys_status(self, msg: Any, recv_s: float) -> None:
         if self._from_autopilot(msg):
+            ahrs = mavlink.MAV_SYS_STATUS_AHRS
+            watched = msg.onboard_control_sensors_present & msg.onboard_control_sensors_enabled & ahrs
             with self._cond:
                 self._prearm_ok = bool(msg.onboard_control_sensors_health & mavlink.MAV_SYS_STATUS_PREARM_CHECK)
+                self._set_estimator("SYS_STATUS", "AHRS health bit cleared"
+                                    if watched and self._armed and not msg.onboard_control_sensors_health & ahrs
+                                    else "")
                 self._cond.notify_all()
+
+    def _on_ekf_status_report(self, msg: Any, recv_s: float) -> None:
+        if not self._from_autopilot(msg):
+            return
+        variances = {"velocity": msg.velocity_variance, "pos_horiz": msg.pos_horiz_variance,
+                     "pos_vert": msg.pos_vert_variance, "compass": msg.compass_variance}
+        high = [f"{k} {v:.2f}" for k, v in variances.items() if not v < FS_EKF_THRESH]
+        why = _estimator_why("variance", high, int(msg.flags), _EKF_UNINITIALIZED | _CONST_POS_MODE,
+                             "uninitialised or constant position")
+        with self._cond:
+            self._set_estimator("EKF_STATUS_REPORT", why)
+
+    def _on_estimator_status(self, msg: Any, recv_s: float) -> None:
+        if not self._from_autopilot(msg):
+            return
+        ratios = {"vel": msg.vel_ratio, "pos_horiz": msg.pos_horiz_ratio, "pos_vert": msg.pos_vert_ratio}
+        high = [f"{k} {v:.2f}" for k, v in ratios.items() if not v <= 1.0]
+        why = _estimator_why("test ratio", high, int(msg.flags), _ESTIMATOR_FAULTS, "GPS glitch or accelerometer error")
+        with self._cond:
+            self._set_estimator("ESTIMATOR_STATUS", why)
+
+    def _set_estimator(self, source: str, why: str) -> None:
+        """Record what `source` says of the estimator (under the lock); "" = healthy."""
+        was = self._estimator_bad.get(source, "")
+        if why:
+            self._estimator_bad[source] = why
+        else:
+            self._estimator_bad.pop(source, None)
+        if bool(why) != bool(was):
+            (log.error if why else log.info)("%s %s: estimator %s (%s)", self.FAMILY, self._target,
+                                             "unhealthy" if why else "healthy again", why or source)
+
+    def _note_vehicle_time(self, t_s: float) -> None:
+        """Reboot detection on the autopilot's clock (under the lock)."""
+        if t_s < self._vehicle_t_s - _REBOOT_JUMP_S:
+            self.reboots += 1
+            self._rebooted = True
+            self._t_s = self._attitude_t_s = -math.inf
+            self._position_recv_s = self._attitude_recv_s = -math.inf
+            self._estimator_bad.clear()
+            log.error("%s %s rebooted (its clock went back from %.3f s to %.3f s): no state is flown on until it "
+                      "is connected again", self.FAMILY, self._target, self._vehicle_t_s, t_s)
+            self._vehicle_t_s = t_s
+        else:
+            self._vehicle_t_s = max(self._vehicle_t_s, t_s)
 
     def _on_statustext(self, msg: Any, recv_s: float) -> None:
         if not self._from_autopilot(msg):
@@ -395,6 +483,7 @@ class AutopilotProfile:
         an estimator may take a while to get its origin."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
+            self._rebooted = False  # whatever it was before, this is the vehicle we connect to now
             self._cond.wait_for(lambda: self._heartbeat_autopilot is not None, timeout_s)
             autopilot = self._heartbeat_autopilot
         if autopilot is None:
@@ -419,7 +508,7 @@ class AutopilotProfile:
         """(autopilot time s, state [S] float32 copy, age s of the older of the two messages); (NaN, NaNs, inf)
         before both LOCAL_POSITION_NED and ATTITUDE arrived."""
         with self._cond:
-            if not self._state_complete:
+            if not self._state_complete or self._rebooted:
                 return math.nan, np.full(self.spec.state_dim, np.nan, dtype=np.float32), math.inf
             x = self._x.copy()
             t_s, recv_s = self._t_s, min(self._position_recv_s, self._attitude_recv_s)
@@ -428,8 +517,21 @@ class AutopilotProfile:
     def wait_state_after(self, t_s: float, timeout_s: float) -> bool:
         """Block until both messages stamped at autopilot time >= `t_s` arrived; False on timeout (lockstep clock)."""
         with self._cond:
-            return self._cond.wait_for(lambda: min(self._t_s, self._attitude_t_s) >= t_s - _TIME_TOLERANCE_S,
-                                       timeout_s)
+            return self._cond.wait_for(lambda: not self._rebooted and
+                                       min(self._t_s, self._attitude_t_s) >= t_s - _TIME_TOLERANCE_S, timeout_s)
+
+    def lockstep_nudge(self, timeout_s: float) -> float | None:
+        """Step a lockstep SITL once (a TIMESYNC request) and return the autopilot time its answer carries (s),
+        None if no answer came within `timeout_s`. What `LockstepClock` does when a sample is late or lost."""
+        ts1 = time.monotonic_ns()
+        self.link.mav.timesync_send(0, ts1)
+        answer = self.link.wait_for("TIMESYNC", timeout_s, lambda m: m.tc1 != 0 and m.ts1 == ts1)
+        if answer is None:
+            return None
+        t_s = answer.tc1 / 1e9
+        with self._cond:
+            self._note_vehicle_time(t_s)
+        return t_s
 
     def arm(self, timeout_s: float | None = None) -> None:
         self._command(mavlink.MAV_CMD_COMPONENT_ARM_DISARM, (1.0,), "arming", timeout_s)
@@ -498,6 +600,23 @@ class AutopilotProfile:
             return self._landed_state in _LANDED_IN_AIR
 
     @property
+    def estimator_ok(self) -> bool:
+        """No estimator report says it is unhealthy (True before any report: absence is not a fault)."""
+        with self._cond:
+            return not self._estimator_bad
+
+    @property
+    def estimator_problem(self) -> str:
+        with self._cond:
+            return "; ".join(f"{k}: {v}" for k, v in self._estimator_bad.items())
+
+    @property
+    def rebooted(self) -> bool:
+        """The autopilot rebooted since `connect()` (see the module docstring)."""
+        with self._cond:
+            return self._rebooted
+
+    @property
     def system_status(self) -> int | None:
         with self._cond:
             return self._system_status
@@ -520,6 +639,20 @@ class AutopilotProfile:
             self._yaw_hold_rad = float(self._yaw_rad if yaw_rad is None else yaw_rad)
 
     # -- helpers for the subclasses ----------------------------------------------------------------
+
+    # Lockstep: the SITL answers a command at once without moving time, so a command or answer lost on a lossy
+    # link is retried fast and often (it must not end a flight before it starts); real links keep the config.
+    LOCKSTEP_COMMAND_TIMEOUT_S, LOCKSTEP_COMMAND_RETRIES = 0.3, 20
+
+    @property
+    def command_timeout_s(self) -> float:
+        c = self.config
+        return min(c.command_timeout_s, self.LOCKSTEP_COMMAND_TIMEOUT_S) if c.lockstep else c.command_timeout_s
+
+    @property
+    def command_retries(self) -> int:
+        c = self.config
+        return max(c.command_retries, self.LOCKSTEP_COMMAND_RETRIES) if c.lockstep else c.command_retries
 
     @property
     def _target(self) -> str:
@@ -581,8 +714,8 @@ class AutopilotProfile:
         """COMMAND_LONG to the autopilot; CommandRefused (with its STATUSTEXTs) unless ACCEPTED."""
         since = time.monotonic()
         result = self.link.command_long(self.config.target_system, self.config.target_component, command, params,
-                                        timeout_s=self.config.command_timeout_s if timeout_s is None else timeout_s,
-                                        retries=self.config.command_retries if retries is None else retries)
+                                        timeout_s=self.command_timeout_s if timeout_s is None else timeout_s,
+                                        retries=self.command_retries if retries is None else retries)
         if result != mavlink.MAV_RESULT_ACCEPTED:
             raise CommandRefused(command, result, self._context(doing, since))
         log.debug("%s accepted (%s)", command_name(command), doing)
@@ -645,22 +778,24 @@ class AutopilotProfile:
                     self._cond.wait(0.05)
 
     def _lockstep_tick(self) -> None:
-        """Move a lockstep SITL one step: a TIMESYNC request, answered after the step (real autopilots answer too)."""
-        ts1 = time.monotonic_ns()
-        self.link.mav.timesync_send(0, ts1)
-        self.link.wait_for("TIMESYNC", 0.5, lambda m: m.tc1 != 0 and m.ts1 == ts1)
+        """Move a lockstep SITL one step: a TIMESYNC request, answered after the step (real autopilots answer too).
+        A short wait: an answer lost on a lossy link costs 30 ms, not more; a late one only means an extra step
+        (these waits end on a condition, never on a step count)."""
+        self.lockstep_nudge(0.03)
 
     def _request_streams(self) -> None:
         rate = self.config.stream_rate_hz
         for msg_id, rate_hz in ((mavlink.MAVLINK_MSG_ID_LOCAL_POSITION_NED, rate),
                                 (mavlink.MAVLINK_MSG_ID_ATTITUDE, rate),
                                 (mavlink.MAVLINK_MSG_ID_EXTENDED_SYS_STATE, self.config.status_rate_hz),
-                                (mavlink.MAVLINK_MSG_ID_SYS_STATUS, self.config.status_rate_hz)):
+                                (mavlink.MAVLINK_MSG_ID_SYS_STATUS, self.config.status_rate_hz),
+                                *(((getattr(mavlink, f"MAVLINK_MSG_ID_{self.ESTIMATOR_REPORT}"),
+                                    self.config.status_rate_hz),) if self.ESTIMATOR_REPORT else ())):
             try:
                 result = self.link.command_long(self.config.target_system, self.config.target_component,
                                                 mavlink.MAV_CMD_SET_MESSAGE_INTERVAL, (msg_id, 1e6 / rate_hz),
-                                                timeout_s=self.config.command_timeout_s,
-                                                retries=self.config.command_retries)
+                                                timeout_s=self.command_timeout_s,
+                                                retries=self.command_retries)
             except LinkTimeout:
                 result = None
             if result != mavlink.MAV_RESULT_ACCEPTED:

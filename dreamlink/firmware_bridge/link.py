@@ -1,20 +1,36 @@
 """The MAVLink link: the one object that hides pymavlink (transport, parsing, heartbeats, commands).
 
-Wire protocol: MAVLink 2 with pymavlink's default dialect ("all"). Connect strings (pymavlink's):
-`udp:HOST:PORT` / `udpin:HOST:PORT` listen there (replies go to whoever sent last, the PX4/ArduPilot
-SITL convention), `udpout:HOST:PORT` sends there, `tcp:HOST:PORT` connects, `tcpin:HOST:PORT`
-listens, `serial:/dev/ttyACM0[:BAUD]`, `/dev/ttyACM0` or `/dev/ttyACM0,BAUD` open a serial port
-(needs pyserial; 115200 baud by default). Anything else (log files, executables) is refused.
+Wire protocol: MAVLink 2 through dreamlink's own dialect (`firmware_bridge/dialect`: pymavlink's
+generator run on the ~20 messages the link and the profiles use, copied from common.xml and
+ardupilotmega.xml, so ids and CRCs are the autopilots'). pymavlink's `ardupilotmega` module would
+cost 4-5 MB more of an onboard process's 80, for ~300 messages nobody here reads. Not pymavlink's
+`mavutil` either: it loads the MAVLink 1 and 2 "all" dialects (19 MB), and its connection classes
+print, spin on a closed TCP peer and switch a process-wide dialect under the receive thread; the
+transports below are the few socket and serial calls it made for us.
+Offline readers of logs from any autopilot (`tlog`) use the "all" dialect; ids are shared.
+
+Connect strings (pymavlink's spelling): `udp:HOST:PORT` / `udpin:HOST:PORT` listen there (replies
+go to the peers that sent valid MAVLink, the PX4/ArduPilot SITL convention), `udpout:HOST:PORT`
+sends there, `tcp:HOST:PORT` connects (3 tries, 1 s apart), `tcpin:HOST:PORT` listens for one
+client at a time, `serial:/dev/ttyACM0[:BAUD]`, `/dev/ttyACM0` or `/dev/ttyACM0,BAUD` open a serial
+port (needs pyserial; 115200 baud by default). Anything else (log files, executables) is refused.
 
 Threads: `open()` starts a receive thread that parses continuously, keeps the newest message of
 each type with its receive time, feeds subscribers and waiters and counts; and a heartbeat thread
 (HEARTBEAT MAV_TYPE_ONBOARD_CONTROLLER / MAV_AUTOPILOT_INVALID every `heartbeat_period_s`; 0 turns
-it off). Sending is serialised by a lock, so any thread may send through `mav`.
+it off). Sending is serialised by a lock, so any thread may send through `mav`; a transport that
+cannot send (no TCP client yet, an unplugged port) drops the frame with a rate-limited warning.
 
 Robustness: on datagram transports (UDP) a datagram holds whole frames, so garbage, CRC failures
 and a frame cut short at the datagram's end are dropped and counted in `rx_bad`; on byte streams
-pymavlink resynchronises on the next start marker. Frames with ids this dialect does not know are
-stepped over and counted in `rx_unknown`. Nothing received ever kills the receive thread.
+pymavlink resynchronises on the next start marker. Frames with ids this dialect does not decode
+(an autopilot streams dozens of types) are counted in `rx_unknown` and go to the tap byte for byte,
+so a .tlog holds everything that arrived: their CRC is checked first when pymavlink knows the id
+(`dialect.known_ids`; a bad one is `rx_bad`), and with signing on they pass the same signature,
+replay and source checks as any frame (rejected ones are counted there, never logged). They never
+reach subscribers, waiters or `latest()`: nothing acts on a message it cannot read. Nothing
+received ever kills the receive thread; a TCP peer that hangs up is logged (and a listening TCP
+link waits for the next client).
 
 Security (`dreamlink.firmware_bridge.security` has the details and the why):
 - Signing: with `signing_key_file` set, every frame sent is signed (MAVLink 2 signing through
@@ -37,9 +53,12 @@ the runtime's clock); the `tap` gets `time.time()` because a .tlog stamps frames
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,18 +66,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-# pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
-# when it later sees a v2 frame, under our receive thread's feet). Several messages we rely on
-# (DEBUG_FLOAT_ARRAY id 350, COMMAND_ACK's target fields) exist only in MAVLink 2, so ask for it
-# before the import; if someone imported mavutil earlier without it, reload the v2 dialect once.
-os.environ.setdefault("MAVLINK20", "1")
-from pymavlink import mavutil
-
-if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
-    mavutil.set_dialect(mavutil.current_dialect)
-mavlink: Any = mavutil.mavlink
-
-from dreamlink.firmware_bridge.security import (  # noqa: E402  (after the MAVLink 2 choice above)
+from dreamlink.firmware_bridge.dialect import dreamlink_v20 as _dialect
+from dreamlink.firmware_bridge.dialect.known_ids import KNOWN_IDS
+from dreamlink.firmware_bridge.security import (
     SETUP_SIGNING_ID,
     Admission,
     Authenticator,
@@ -69,6 +79,13 @@ from dreamlink.firmware_bridge.security import (  # noqa: E402  (after the MAVLi
     load_signing_key,
     signing_timestamp,
 )
+
+mavlink: Any = _dialect  # the dialect module: message classes, MAV_* constants, enums
+
+# The dialect module speaks MAVLink 2 whatever MAVLINK20 says; the variable is for a `mavutil` user
+# in the same process (a test, an in-process simulator), which otherwise picks MAVLink 1 and cannot
+# decode the v2-only messages a link sends (DEBUG_FLOAT_ARRAY, COMMAND_ACK's target fields).
+os.environ.setdefault("MAVLINK20", "1")
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +176,7 @@ class LinkStats:
 
     rx_frames: int = 0  # decoded frames of known types
     rx_bad: int = 0  # malformed or garbage chunks dropped
-    rx_unknown: int = 0  # well-formed frames with ids this dialect does not know, stepped over
+    rx_unknown: int = 0  # well-formed frames with ids this dialect does not decode: logged, not delivered
     tx_frames: int = 0
     rx_signed: int = 0  # delivered frames whose signature was checked good (signing on)
     rx_unsigned_rejected: int = 0  # signing on: unsigned frames the policy does not allow, dropped
@@ -178,28 +195,228 @@ class _Waiter:
         self.msg: Any = None
 
 
-def _open_connection(config: LinkConfig) -> Any:
-    text = config.connect.strip()
-    kwargs: dict[str, Any] = {"source_system": config.source_system, "source_component": config.source_component,
-                              "robust_parsing": True}
+# -- transports: the socket and serial calls under a link ---------------------------------------
+# Each waits for input (`wait`), reads what is there (`read` -> bytes and, for UDP, the sender) and
+# writes whole frames (`write`, raising OSError when it cannot). Non-blocking, so a read never stalls
+# the receive thread past `wait`'s timeout.
+
+Address = tuple[str, int]
+
+
+class _Udp:
+    """A UDP socket: listening on HOST:PORT (`server`), or sending to HOST:PORT from an ephemeral port."""
+
+    datagrams = True
+
+    def __init__(self, host: str, port: int, server: bool) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if server:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.sock.bind((host, port))
+            else:
+                self.destination = (socket.gethostbyname(host), port)  # resolved once, not per frame
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def wait(self, timeout_s: float) -> bool:
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
+
+    def read(self) -> tuple[bytes, Address | None]:
+        try:
+            data, source = self.sock.recvfrom(65535)
+        except (BlockingIOError, ConnectionRefusedError):  # ICMP port unreachable after a send
+            return b"", None
+        return data, source
+
+    def write(self, buf: bytes) -> None:
+        self.sock.sendto(buf, self.destination)
+
+    def send_to(self, buf: bytes, address: Address) -> None:
+        self.sock.sendto(buf, address)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _TcpClient:
+    """A TCP connection to HOST:PORT (3 tries, 1 s apart: a SITL may still be starting)."""
+
+    datagrams = server = False
+
+    def __init__(self, host: str, port: int, tries: int = 3, delay_s: float = 1.0) -> None:
+        for attempt in range(tries):
+            try:
+                self.sock = socket.create_connection((host, port), timeout=5.0)
+                break
+            except OSError as exc:
+                if attempt == tries - 1:
+                    raise
+                log.info("tcp:%s:%d: %s; retrying in %.0f s", host, port, exc, delay_s)
+                time.sleep(delay_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+
+    def wait(self, timeout_s: float) -> bool:
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
+
+    def read(self) -> tuple[bytes, Address | None]:
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return b"", None
+        if not data:
+            raise ConnectionError("closed by the peer")
+        return data, None
+
+    def write(self, buf: bytes) -> None:
+        self.sock.sendall(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _TcpServer:
+    """Listens on HOST:PORT and talks to one client at a time; when it leaves, waits for the next."""
+
+    datagrams = server = False
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((host, port))
+            self.listener.listen(1)
+            self.listener.setblocking(False)
+        except BaseException:
+            self.listener.close()
+            raise
+        self.client: socket.socket | None = None
+
+    def wait(self, timeout_s: float) -> bool:
+        return bool(select.select([self.client or self.listener], [], [], timeout_s)[0])
+
+    def read(self) -> tuple[bytes, Address | None]:
+        if self.client is None:
+            try:
+                client, address = self.listener.accept()
+            except BlockingIOError:
+                return b"", None
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setblocking(False)
+            self.client = client
+            log.info("tcpin: client %s:%d connected", *address[:2])
+            return b"", None
+        try:
+            data = self.client.recv(4096)
+        except BlockingIOError:
+            return b"", None
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client()
+        return data, None
+
+    def write(self, buf: bytes) -> None:
+        if self.client is None:
+            raise OSError(errno.ENOTCONN, "no client connected yet")
+        try:
+            self.client.sendall(buf)
+        except OSError:
+            self._drop_client()
+            raise
+
+    def _drop_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+            log.info("tcpin: client left; waiting for the next")
+
+    def close(self) -> None:
+        self._drop_client()
+        self.listener.close()
+
+
+class _Serial:
+    """A serial port through pyserial (imported here: only serial links need it)."""
+
+    datagrams = server = False
+
+    def __init__(self, device: str, baud: int) -> None:
+        import serial  # type: ignore[import-untyped]
+
+        # Opened at 1200 baud, then switched: pymavlink's workaround for Linux drivers that miss the
+        # first baud rate set.
+        self.port = serial.Serial(device, 1200, timeout=0, dsrdtr=False, rtscts=False, xonxoff=False)
+        self.port.baudrate = baud
+        try:
+            self.fd: int | None = self.port.fileno()
+        except Exception:  # Windows: no descriptor to select on
+            self.fd = None
+
+    def wait(self, timeout_s: float) -> bool:
+        if self.fd is None:
+            time.sleep(min(timeout_s, 0.01))
+            return True
+        return bool(select.select([self.fd], [], [], timeout_s)[0])
+
+    def read(self) -> tuple[bytes, Address | None]:
+        return bytes(self.port.read(4096)), None
+
+    def write(self, buf: bytes) -> None:
+        self.port.write(buf)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+Transport = _Udp | _TcpClient | _TcpServer | _Serial
+
+
+def _open_transport(connect: str) -> Transport:
+    text = connect.strip()
+    device, baud, prefix, host, port = "", 0, "", "", ""
     if text.startswith("serial:"):
-        device, _, baud = text[len("serial:"):].partition(":")
-        if not device or (baud and not baud.isdigit()):
+        device, _, rate = text[len("serial:"):].partition(":")
+        if not device or (rate and not rate.isdigit()):
             raise LinkError(f"link {text!r}: expected serial:/dev/DEVICE[:BAUD]")
-        text, kwargs["baud"] = device, int(baud or 115200)
+        baud = int(rate or 115200)
     elif text.startswith(("udp:", "udpin:", "udpout:", "tcp:", "tcpin:")):
-        _host, sep, port = text.partition(":")[2].rpartition(":")
-        if not sep or not port.isdigit():
+        prefix, _, address = text.partition(":")
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise LinkError(f"link {text!r}: expected PREFIX:HOST:PORT, e.g. udp:127.0.0.1:14540")
-    elif not (text.startswith("/dev/") or text.upper().startswith("COM")):
+    elif text.startswith("/dev/") or text.upper().startswith("COM"):
+        device, baud = text, 115200
+        for sep in (",", ":"):  # /dev/ttyACM0,57600 (pymavlink's spelling) or /dev/ttyACM0:57600
+            head, found, rate = text.rpartition(sep)
+            if found and rate.isdigit() and not os.path.exists(text):
+                device, baud = head, int(rate)
+    else:
         raise LinkError(f"link {text!r}: expected udp:/udpin:/udpout:/tcp:/tcpin:HOST:PORT, "
                         f"serial:/dev/DEVICE[:BAUD] or a /dev/ path")
     try:
-        return mavutil.mavlink_connection(text, **kwargs)
+        if device:
+            return _Serial(device, baud)
+        if prefix in ("udp", "udpin", "udpout"):
+            return _Udp(host, int(port), server=prefix != "udpout")
+        return _TcpClient(host, int(port)) if prefix == "tcp" else _TcpServer(host, int(port))
     except ModuleNotFoundError as exc:
         raise LinkError(f"link {text!r}: {exc}; serial links need `pip install pyserial`") from exc
     except Exception as exc:  # OSError, serial.SerialException, socket.gaierror ...
         raise LinkError(f"link {text!r}: cannot open ({exc})") from exc
+
+
+class _Writer:
+    """What pymavlink's encoder writes packed frames to (its `file`)."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
 
 
 class Link:
@@ -208,7 +425,8 @@ class Link:
     def __init__(self, config: LinkConfig, tap: Tap | None = None) -> None:
         self.config = config
         self._tap = tap
-        self._conn: Any = None
+        self._transport: Transport | None = None
+        self._mav: Any = None  # pymavlink's encoder, writing through `_write`
         self._datagrams = False
         self._parser: Any = None
         self._lock = threading.Lock()  # newest-message table, counters, subscribers, waiters
@@ -221,7 +439,8 @@ class Link:
         self._rejected = {"rx_unsigned_rejected": 0, "rx_bad_signature": 0, "rx_replayed": 0,
                           "rx_source_rejected": 0}
         self._rx_signed = 0
-        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}),
+        # Every id pymavlink knows, not only the decoded ones: an undecoded command still needs a signature.
+        self._admission = Admission(command_message_ids({i: name for i, (name, _) in KNOWN_IDS.items()}),
                                     config.accept_unsigned, config.allowed_sources)
         self._auth: Authenticator | None = None
         self._stop = threading.Event()
@@ -236,25 +455,29 @@ class Link:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def open(self) -> Link:
-        if self._conn is not None:
+        if self._transport is not None:
             raise LinkError(f"link {self.config.connect!r}: already open")
         key = self._load_key()  # before the socket: a bad key file must not leave a half-open link
-        conn = _open_connection(self.config)
+        transport = _open_transport(self.config.connect)
+        mav = mavlink.MAVLink(_Writer(self._write), srcSystem=self.config.source_system,
+                              srcComponent=self.config.source_component)
+        mav.robust_parsing = True
         if key is not None:
             # pymavlink signs every frame the encoder packs; receiving is checked by our Authenticator.
-            conn.setup_signing(key.secret, sign_outgoing=True, allow_unsigned_callback=None,
-                               initial_timestamp=signing_timestamp(time.time()), link_id=self.config.link_id)
+            mav.signing.secret_key = key.secret
+            mav.signing.sign_outgoing = True
+            mav.signing.allow_unsigned_callback = None
+            mav.signing.link_id = self.config.link_id
+            mav.signing.timestamp = signing_timestamp(time.time())
             self._auth = Authenticator(key)
-        self._datagrams = isinstance(conn, mavutil.mavudp)
-        self._udp_server = self._datagrams and bool(getattr(conn, "udp_server", False))
-        if self._udp_server:
-            # pymavlink's listening UDP socket sends to every address that ever sent it a datagram
-            # (garbage included) and iterates that set while the receive thread grows it. A link
-            # sends to the addresses that sent valid (signed, when signing is on) MAVLink recently.
-            conn.write = self._write_to_peer
+        self._datagrams = transport.datagrams
+        # A listening UDP link sends to the addresses that sent valid (signed, when signing is on)
+        # MAVLink recently, not to every address that ever sent it a datagram (garbage included).
+        self._udp_server = transport.server
         self._parser = self._new_parser()
-        conn.mav.send = self._send  # every *_send() of the encoder goes through the lock and the tap
-        self._conn = conn
+        mav.send = self._send  # every *_send() of the encoder goes through the lock and the tap
+        self._mav = mav
+        self._transport = transport
         self._stop.clear()
         self._threads = [threading.Thread(target=self._rx_loop, name=f"mavlink-rx {self.config.connect}", daemon=True)]
         if self.config.heartbeat_period_s > 0:
@@ -281,23 +504,23 @@ class Link:
         return self._auth is not None
 
     def close(self) -> None:
-        if self._conn is None:
+        if self._transport is None:
             return
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
         try:
-            self._conn.close()
+            self._transport.close()
         except Exception as exc:
             log.debug("closing %s: %s", self.config.connect, exc)
-        self._conn = None
+        self._transport = None
         with self._lock:
             for waiters in self._waiters.values():
                 for waiter in waiters:
                     waiter.event.set()
 
     def __enter__(self) -> Link:
-        return self.open() if self._conn is None else self
+        return self.open() if self._transport is None else self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -305,7 +528,7 @@ class Link:
 
     @property
     def is_open(self) -> bool:
-        return self._conn is not None
+        return self._transport is not None
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -346,30 +569,41 @@ class Link:
         return parser
 
     def _rx_loop(self) -> None:
-        conn = self._conn
+        transport = self._transport
+        assert transport is not None
         while not self._stop.is_set():
             try:
-                if not conn.select(_SELECT_S):
+                if not transport.wait(_SELECT_S):
                     continue
-                if self._udp_server:
-                    data, addr = conn.port.recvfrom(65535)
-                else:
-                    data, addr = (conn.recv() if self._datagrams else conn.recv(4096)), None
-            except Exception as exc:  # a closed port, a reset TCP peer, an unplugged USB cable
-                self._warn("receive on %s failed: %s", self.config.connect, exc)
+                data, source = transport.read()
+            except Exception as exc:  # a closed port, a TCP peer that hung up, an unplugged USB cable
+                self._warn("receive on %s failed: %s", self.config.connect, exc, key="rx")
                 self._stop.wait(_SELECT_S)
                 continue
             if data:
-                self._feed(bytes(data) if isinstance(data, (bytes, bytearray)) else data.encode("latin-1"), addr)
+                self._feed(data, source if self._udp_server else None)
 
-    def _write_to_peer(self, buf: bytes) -> None:
+    def _write(self, buf: bytes) -> None:
+        """The encoder's output: to the peers of a listening UDP link, else to the transport."""
+        transport = self._transport
+        if transport is None:
+            return
+        try:
+            if isinstance(transport, _Udp) and transport.server:
+                self._write_to_peers(transport, buf)
+            else:
+                transport.write(buf)
+        except OSError as exc:  # no TCP client yet, an unplugged port: the frame is lost, like on a radio
+            self._warn("send on %s failed: %s", self.config.connect, exc, key="tx")
+
+    def _write_to_peers(self, transport: _Udp, buf: bytes) -> None:
         now = time.monotonic()
         with self._lock:
             peers = [a for a, seen in self._peers.items() if now - seen < _PEER_TIMEOUT_S]
             if not peers and self._peers:  # all quiet: keep answering the most recent one
                 peers = [max(self._peers, key=self._peers.__getitem__)]
         for address in peers:
-            self._conn.port.sendto(buf, address)
+            transport.send_to(buf, address)
 
     def _feed(self, data: bytes, source: tuple[str, int] | None = None) -> int:
         """Parse one chunk; returns the number of valid frames delivered.
@@ -390,21 +624,35 @@ class Link:
             msg_id = msg.get_msgId()
             if msg_id == mavlink.MAVLINK_MSG_ID_BAD_DATA:
                 bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
-            elif msg_id == mavlink.MAVLINK_MSG_ID_UNKNOWN:
+                continue
+            undecoded = msg_id == mavlink.MAVLINK_MSG_ID_UNKNOWN
+            frame = bytes(msg.get_msgbuf())
+            header = _frame_header(frame)
+            crc = _crc_ok(frame, header) if undecoded else True  # pymavlink checked a decoded frame's CRC
+            if crc is False:
+                bad, reason = bad + 1, f"invalid MAVLink CRC in msgID {header[0]}"
+                continue
+            verdict = self._admit(frame, header, _undecoded_name(header[0]) if undecoded else msg.get_type())
+            if verdict is None:
+                continue
+            # A sender becomes a peer by a frame we could check: decoded, or its CRC known (and signed if
+            # signing is on), like with a dialect that decodes every message.
+            if source is not None and crc and (self._auth is None or verdict is Verdict.SIGNED):
+                with self._lock:
+                    new = source not in self._peers
+                    self._peers[source] = time.monotonic()
+                if new:
+                    log.info("link %s: peer %s:%d", self.config.connect, source[0], source[1])
+            if undecoded:  # logged as it came, never acted on
                 with self._lock:
                     self._rx_unknown += 1
+                self._call_tap("rx", frame)
             else:
-                verdict = self._admit(msg)
-                if verdict is None:
-                    continue
                 valid += 1
-                if source is not None and (self._auth is None or verdict is Verdict.SIGNED):
+                if verdict is Verdict.SIGNED:
                     with self._lock:
-                        new = source not in self._peers
-                        self._peers[source] = time.monotonic()
-                    if new:
-                        log.info("link %s: peer %s:%d", self.config.connect, source[0], source[1])
-                self._deliver(msg)
+                        self._rx_signed += 1
+                self._deliver(msg, frame)
         if bad:
             with self._lock:
                 self._rx_bad += bad
@@ -413,35 +661,33 @@ class Link:
                        reason)
         return valid
 
-    def _admit(self, msg: Any) -> Verdict | None:
-        """The frame's verdict if it may be delivered, else None (counted, rate-limited warning)."""
-        msg_id = msg.get_msgId()
+    def _admit(self, frame: bytes, header: tuple[int, int, int], what: str) -> Verdict | None:
+        """The frame's verdict if it may be delivered (or, undecoded, logged), else None (counted, rate-limited
+        warning). `header` is (message id, system id, component id); `what` names the frame in the warning."""
+        msg_id, system, component = header
         verdict = Verdict.UNSIGNED
         reject: tuple[str, str] | None = None
         if self._auth is not None:
-            verdict = self._auth.check(msg.get_msgbuf())
+            verdict = self._auth.check(frame)
             if verdict is Verdict.UNSIGNED and not self._admission.unsigned_ok(msg_id):
                 reject = ("rx_unsigned_rejected", "unsigned")
             elif verdict is Verdict.BAD_SIGNATURE:
                 reject = ("rx_bad_signature", "signature does not match our key")
             elif verdict is Verdict.REPLAYED:
                 reject = ("rx_replayed", "replayed (timestamp not newer than its stream)")
-        if reject is None and not self._admission.source_ok(msg_id, msg.get_srcSystem(), msg.get_srcComponent()):
+        if reject is None and not self._admission.source_ok(msg_id, system, component):
             reject = ("rx_source_rejected", "a command from a source not in allowed_sources")
         if reject is not None:
             counter, why = reject
             with self._lock:
                 self._rejected[counter] += 1
                 total = self._rejected[counter]
-            self._warn(f"dropped %s from %d/%d on %s: {why} (%s: %d so far)", msg.get_type(), msg.get_srcSystem(),
-                       msg.get_srcComponent(), self.config.connect, counter, total, key=counter)
+            self._warn(f"dropped %s from %d/%d on %s: {why} (%s: %d so far)", what, system, component,
+                       self.config.connect, counter, total, key=counter)
             return None
-        if verdict is Verdict.SIGNED:
-            with self._lock:
-                self._rx_signed += 1
         return verdict
 
-    def _deliver(self, msg: Any) -> None:
+    def _deliver(self, msg: Any, frame: bytes) -> None:
         recv_s = time.monotonic()
         msg_type = msg.get_type()
         with self._lock:
@@ -464,7 +710,7 @@ class Link:
                 callback(msg, recv_s)
             except Exception:
                 log.exception("subscriber %r for %s failed", callback, msg_type)
-        self._call_tap("rx", msg.get_msgbuf())
+        self._call_tap("rx", frame)
 
     def _matches(self, waiter: _Waiter, msg: Any) -> bool:
         if waiter.predicate is None:
@@ -480,22 +726,22 @@ class Link:
     @property
     def mav(self) -> Any:
         """pymavlink's encoder for this link (`link.mav.xxx_send(...)`); for firmware_bridge code only."""
-        if self._conn is None:
+        if self._transport is None:
             raise LinkError(f"link {self.config.connect!r}: not open; call open() first")
-        return self._conn.mav
+        return self._mav
 
     def _send(self, msg: Any, force_mavlink1: bool = False) -> None:
-        conn = self._conn
-        if conn is None:
+        mav = self._mav
+        if self._transport is None:
             raise LinkError(f"link {self.config.connect!r}: closed; cannot send {msg.get_type()}")
         with self._send_lock:
             if self._auth is not None:
                 # The spec's timestamp rules: never behind the wall clock (a receiver that starts later
                 # refuses a stream more than a minute old) nor behind the newest accepted from a peer.
-                signing = conn.mav.signing
+                signing = mav.signing
                 signing.timestamp = max(signing.timestamp, signing_timestamp(time.time()),
                                         self._auth.newest_timestamp + 1)
-            type(conn.mav).send(conn.mav, msg, force_mavlink1=force_mavlink1)
+            type(mav).send(mav, msg, force_mavlink1=force_mavlink1)
         with self._lock:
             self._tx_frames += 1
         self._call_tap("tx", msg.get_msgbuf())
@@ -562,6 +808,29 @@ class Link:
         if now - self._last_warning.get(key, -math.inf) >= 5.0:  # garbage arrives at line rate; counters keep totals
             self._last_warning[key] = now
             log.warning(msg, *args)
+
+
+def _frame_header(frame: bytes) -> tuple[int, int, int]:
+    """(message id, system id, component id) from a whole MAVLink 2 or 1 frame's header."""
+    if frame[0] == 0xFD:
+        return int.from_bytes(frame[7:10], "little"), frame[5], frame[6]
+    return frame[5], frame[3], frame[4]
+
+
+def _undecoded_name(msg_id: int) -> str:
+    known = KNOWN_IDS.get(msg_id)
+    return f"{known[0]} (not decoded here)" if known is not None else f"message id {msg_id}"
+
+
+def _crc_ok(frame: bytes, header: tuple[int, int, int]) -> bool | None:
+    """The CRC of a whole frame pymavlink has delimited, checked with its id's CRC_EXTRA; None if no
+    dialect pymavlink ships knows the id (then nothing can check it)."""
+    known = KNOWN_IDS.get(header[0])
+    if known is None:
+        return None
+    end = (10 if frame[0] == 0xFD else 6) + frame[1]  # header + payload; the CRC follows
+    crc = mavlink.x25crc(frame[1:end] + bytes([known[1]])).crc
+    return bool(crc == int.from_bytes(frame[end:end + 2], "little"))
 
 
 def _is_setup_signing(frame: bytes) -> bool:

@@ -96,6 +96,7 @@ class Px4Profile(AutopilotProfile):
     FAMILY = "PX4"
     AUTOPILOT = mavlink.MAV_AUTOPILOT_PX4
     CONTROL_MODE = "OFFBOARD"
+    ESTIMATOR_REPORT = "ESTIMATOR_STATUS"
 
     def __init__(self, link: Link, spec: VehicleSpec = QUAD, config: AutopilotConfig | None = None) -> None:
         config = config if config is not None else AutopilotConfig()

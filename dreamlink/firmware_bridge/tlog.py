@@ -4,7 +4,8 @@ Format (QGC dev guide "MAVLink Log File Format"; the log README under /work/shar
 sequence of records, each an 8-byte big-endian count of microseconds since 1970 followed by one raw
 MAVLink 1 or 2 frame. There is no index or record length, so the reader walks the frames by their own
 headers (v2: 10-byte header, payload, 2-byte CRC, 13-byte signature when flagged; v1: 6-byte header) and
-checks each frame's CRC with pymavlink's decoder (dialect "all", MAVLink 2, as `link` sets it).
+checks each frame's CRC with pymavlink's decoder (dialect "all", MAVLink 2: a log may hold any
+autopilot's messages; the live `link` decodes only dreamlink's own ~20-message dialect, same ids).
 
 - Unknown message ids (PX4 sends 8, 380, 410, 411 that pymavlink 2.4.50 does not define) are stepped over
   by their length and counted in `TlogReport.unknown_ids`; their CRC cannot be checked.
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dreamlink.firmware_bridge.link import mavlink
+from pymavlink.dialects.v20 import all as _all_dialect
 
 log = logging.getLogger(__name__)
+mavlink: Any = _all_dialect
 
 OnError = Literal["raise", "stop", "skip"]
 STAMP_BYTES = 8
