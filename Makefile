@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
 
-.PHONY: venv demo test lint unit bench image-test clean
+.PHONY: venv demo demo-quad quad-seeds test lint unit bench image-test image-test-arm64 clean campaign faults dialect
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/dreamlink demo cartpole --seed $(SEED)
+	@echo "next: make demo-quad (the quadrotor, both autopilot flavours, about 15 min)"
 
 lint: venv
 	$(BIN)/ruff check dreamlink tests bench
@@ -43,5 +44,49 @@ bench: $(VENV)/.bench-installed
 image-test: venv
 	scripts/image-test.sh
 
+# The quadrotor demo in real time (both autopilot flavours, wind 2 m/s), then 20 randomised lockstep seeds
+# per flavour flown by planning with the same bundles: every flight must land; RMSE table in runs/demo-quad/seeds.md.
+QUAD_ARGS ?= --flights 6 --seconds 60 --epochs 40
+demo-quad: venv
+	$(BIN)/dreamlink demo quad --out runs/demo-quad $(QUAD_ARGS) --laps 1.5
+
+quad-seeds: venv
+	$(BIN)/dreamlink demo quad --out runs/demo-quad $(QUAD_ARGS) --reuse --lockstep-seeds 20 --laps 1
+
 clean:
 	rm -rf $(VENV) build *.egg-info runs
+
+# The same in an arm64 Debian root filesystem under qemu-user: aarch64 wheels from PyPI, doctor,
+# install-bundle, and a lockstep cart-pole flight against the host's SITL. Needs root; 10-15 min.
+image-test-arm64: venv
+	scripts/image-test-arm64.sh
+
+# Randomised lockstep quadrotor flights through a local Ray (dreamlink/campaign/quad_figure8.toml): a bundle
+# made here (a `campaign collect` of 4 flights, then trained and exported, cached in $(CAMPAIGN_DIR)/bundle),
+# then CAMPAIGN_FLIGHTS flights, the first CAMPAIGN_SERIAL one at a time and the rest two at a time, so the
+# run prints flights/minute with 1 and with 2 workers and their ratio; then the success rate with its 95 %
+# interval, the table, report and plots in $(CAMPAIGN_DIR)/eval. ~30-40 min on 2 cores.
+CAMPAIGN_DIR ?= runs/campaign
+CAMPAIGN_FILE ?= dreamlink/campaign/quad_figure8.toml
+CAMPAIGN_FLIGHTS ?= 200
+CAMPAIGN_SERIAL ?= 30
+CAMPAIGN := $(BIN)/dreamlink campaign
+$(CAMPAIGN_DIR)/bundle/manifest.json: $(VENV)/.installed $(CAMPAIGN_FILE)
+	$(CAMPAIGN) collect --campaign $(CAMPAIGN_FILE) --flights 4 --seconds 40 --num-cpus 2 --out $(CAMPAIGN_DIR)/collect
+	$(CAMPAIGN) bundle --data $(CAMPAIGN_DIR)/collect/data/manifest.json --out $(CAMPAIGN_DIR)/bundle --epochs 30
+
+campaign: $(CAMPAIGN_DIR)/bundle/manifest.json
+	rm -rf $(CAMPAIGN_DIR)/eval
+	$(CAMPAIGN) eval --campaign $(CAMPAIGN_FILE) --bundle $(CAMPAIGN_DIR)/bundle --flights $(CAMPAIGN_FLIGHTS) \
+		--num-cpus 2 --first-serial $(CAMPAIGN_SERIAL) --max-concurrent 2 --out $(CAMPAIGN_DIR)/eval
+
+# The fault matrix (a command, not a test): one lockstep quad flight per fault kind and rate, the table into
+# runs/faults/faults.md and faults.json. Trains its quad bundle once (cached in runs/faults/bundles).
+FAULTS_OUT ?= runs/faults
+faults: venv
+	$(PY) -m dreamlink.campaign.faults --out $(FAULTS_OUT) $(FAULTS_ARGS)
+
+# dreamlink's MAVLink dialect (the messages the onboard link decodes), regenerated with pymavlink's mavgen
+# after editing the lists in dreamlink/firmware_bridge/dialect/generate.py; commit the three files it writes.
+dialect: venv
+	$(PY) -m dreamlink.firmware_bridge.dialect.generate

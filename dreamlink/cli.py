@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dreamlink.campaign.shards import load_shards
     from dreamlink.demo import train_with_progress
     from dreamlink.learning.train import save_checkpoint
     from dreamlink.learning.transitions import TransitionSet
 
-    data = TransitionSet.concat([TransitionSet.load(path) for path in args.data])
+    # a .json is a campaign's shard manifest (`dreamlink campaign collect`): its shards, hash-checked
+    data = TransitionSet.concat([load_shards(p) if p.endswith(".json") else TransitionSet.load(p) for p in args.data])
     result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed)
     save_checkpoint(result.model, args.out)
     print(f"holdout one-step RMSE: {json.dumps(result.holdout_one_step_rmse)}")
@@ -91,7 +94,6 @@ def _flight_dir(args: argparse.Namespace) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from dreamlink.demo import print_flight_report
     from dreamlink.deploy.sdnotify import SdNotifier, WatchdogPet
-    from dreamlink.runtime.mppi import MppiConfig
     from dreamlink.runtime.onboard import MissionConfig, RunConfig, fly
     from dreamlink.runtime.session import SessionConfig
 
@@ -101,13 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from dreamlink.runtime.health import planner_config_for
 
         base = planner_config_for(load_bundle(args.bundle))
-        planner = MppiConfig(
-            samples=args.samples or base.samples,
-            horizon=args.horizon or base.horizon,
-            noise_sigma=base.noise_sigma,
-            temperature=base.temperature,
-            noise_smoothing=base.noise_smoothing,
-        )
+        planner = replace(base, samples=args.samples or base.samples, horizon=args.horizon or base.horizon)
     config = RunConfig(
         bundle=Path(args.bundle),
         connect=args.connect,
@@ -119,6 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         planner=planner,
         session=SessionConfig(intra_op_threads=args.threads),
         autopilot=args.autopilot,
+        use_policy=not args.no_policy,
         mission=MissionConfig(
             takeoff_altitude_m=args.altitude_m,
             half_width_m=args.half_width_m,
@@ -143,11 +140,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dreamlink.demo import demo_cartpole, demo_quad
+    from dreamlink.demo import demo_cartpole
 
     if args.vehicle == "quad":
         out = Path(args.out if args.out != "runs/demo-cartpole" else "runs/demo-quad")
-        return demo_quad(out, args.seed, args.flights, args.seconds, args.epochs, args.laps, args.wind_mps)
+        from dreamlink.quad_demo import QuadDemoConfig, demo_quad
+
+        return demo_quad(out, QuadDemoConfig(args.seed, args.flights, args.seconds, args.epochs, args.laps,
+                                             args.wind_mps, args.lockstep_seeds, args.reuse))
     return demo_cartpole(Path(args.out), args.seed, args.transitions, args.ticks, args.epochs)
 
 
@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=60.0, help="quad: excitation seconds per flight")
     d.add_argument("--laps", type=float, default=2.0, help="quad: figure-eight laps")
     d.add_argument("--wind-mps", type=float, default=2.0, help="quad: mean wind in the flights")
+    d.add_argument("--lockstep-seeds", type=int, default=0,
+                   help="quad: fly N randomised lockstep seeds per flavour and control (RMSE table) instead")
+    d.add_argument("--reuse", action="store_true", help="quad: reuse bundles already built in --out")
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP")
@@ -187,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train", help="train an ensemble world model on collected transitions")
-    t.add_argument("--data", required=True, nargs="+", help="transitions file(s) (.npz)")
+    t.add_argument("--data", required=True, nargs="+",
+                   help="transitions file(s) (.npz) or campaign shard manifests (manifest.json)")
     t.add_argument("--out", required=True, help="checkpoint (.pt)")
     t.add_argument("--hidden", type=_positive_int, default=64)
     t.add_argument("--layers", type=_positive_int, default=2)
@@ -220,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--horizon", type=_positive_int, default=0)
     r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     r.add_argument("--seed", type=_positive_int, default=0)
+    r.add_argument("--no-policy", action="store_true",
+                   help="ignore the bundle's distilled policy (no sampling prior, no policy fallback)")
     q = r.add_argument_group("multirotor mission (quad bundles): take off, figure-eight, land")
     q.add_argument("--autopilot", choices=["ardupilot", "px4"], default="", help="the flight controller's family")
     q.add_argument("--altitude-m", type=float, default=5.0, help="take-off altitude above the start point")
@@ -230,9 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream the reference as position setpoints to the autopilot instead of planning")
     r.set_defaults(func=cmd_run)
 
+    from dreamlink.calibration.cli_commands import add_calibration_commands
+    from dreamlink.campaign.cli_commands import add_campaign_commands
     from dreamlink.deploy.cli_commands import add_deploy_commands
 
     add_deploy_commands(sub)
+    add_campaign_commands(sub)
+    add_calibration_commands(sub)
     return p
 
 

@@ -258,7 +258,9 @@ def demo_cartpole(out: Path, seed: int, transitions: int, ticks: int, epochs: in
     return 0 if ok else 1
 
 
-QUAD_PLANNER = {"samples": 128, "horizon": 30, "noise_sigma": 0.3, "temperature": 3.0, "noise_smoothing": 0.9}
+# H=45 (0.9 s): the ArduPilot closed loop answers a velocity setpoint in about 0.5 s; measured on one
+# lockstep seed, 0.45 m RMSE at H=30 against 0.42 m at H=45 (README, "Quadrotor").
+QUAD_PLANNER = {"samples": 128, "horizon": 45, "noise_sigma": 0.3, "temperature": 3.0, "noise_smoothing": 0.9}
 QUAD_IGNORE_INPUTS = ("pos_n_m", "pos_e_m", "pos_d_m", "yaw_rad")
 # The quad's telemetry carries sensor noise (about 0.1 of a component's spread at k = 1), so its
 # tolerance sits above that floor.
@@ -285,61 +287,3 @@ def collect_quad_flights(flavour: str, seeds: list[int], seconds: float) -> Any:
                                  meta={"flavour": flavour})
             sets.append(TransitionSet(d.spec, d.state, d.action, d.next_state, np.full(len(d), seed), d.meta))
     return TransitionSet.concat(sets)
-
-
-def demo_quad(out: Path, seed: int, flights: int, seconds: float, epochs: int, laps: float, wind_mps: float) -> int:
-    """Per autopilot flavour: collect, train, export, then fly the figure-eight in real time with wind,
-    by planning and by the autopilot's own position control, and compare."""
-    from dreamlink.learning.train import TrainConfig, train_world_model
-    from dreamlink.learning.world_model import WorldModelConfig
-    from dreamlink.reports import load_ticks, plot_kstep, quad_summary
-    from dreamlink.runtime.onboard import SUMMARY_NAME
-    from dreamlink.sim.launcher import SitlProcess
-    from dreamlink.spec import QUAD
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for flavour in ("ardupilot", "px4"):
-        print(f"== {flavour}: collect {flights} randomised lockstep flights of {seconds:.0f} s")
-        data = collect_quad_flights(flavour, [seed * 100 + i for i in range(flights)], seconds)
-        data.save(out / f"{flavour}-transitions.npz")
-        train_set, holdout = data.split_by_episode(1 / flights, seed)
-        with _bar(epochs, f"train {flavour}", "epoch") as bar:
-            result = train_world_model(
-                train_set,
-                WorldModelConfig(hidden=64, layers=2, ensemble_size=5, ignore_inputs=QUAD_IGNORE_INPUTS),
-                TrainConfig(epochs=epochs, seed=seed),
-                lambda e, n, loss: bar.update(1),
-            )
-        bundle_dir = out / f"{flavour}-bundle"
-        if bundle_dir.exists():
-            import shutil
-
-            shutil.rmtree(bundle_dir)
-        bundle, curve = export_bundle(result.model, QUAD, bundle_dir, holdout=holdout, training=result.summary(),
-                                      planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE)
-        plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
-        for mode in ("planner", "baseline"):
-            flight = out / f"{flavour}-{mode}"
-            print(f"   fly {flavour} {mode}: real time, wind {wind_mps:g} m/s, {laps:g} laps")
-            with SitlProcess("quad", lockstep=False, seed=seed + 7,
-                             extra_args=("--flavour", flavour, "--wind-mps", str(wind_mps))) as sitl:
-                cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle.root), "--connect",
-                       sitl.connect_string, "--autopilot", flavour, "--laps", str(laps), "--out", str(flight)]
-                proc = subprocess.run(cmd + (["--baseline"] if mode == "baseline" else []), check=False)
-            if proc.returncode != 0:
-                print(f"runtime process failed with exit code {proc.returncode}", file=sys.stderr)
-                return 1
-            summary = json.loads((flight / SUMMARY_NAME).read_text())
-            q = quad_summary(load_ticks(flight / "ticks.npz"), summary["mission"])
-            st = summary["stats"]
-            rows.append((flavour, mode, q, st))
-    print("\n| autopilot | control | tracking RMSE | max deviation | fence breaches | landed+disarmed | p50/p99 plan |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for flavour, mode, q, st in rows:
-        print(f"| {flavour} | {mode} | {q['tracking_rmse_m']:.2f} m | {q['max_deviation_m']:.2f} m | "
-              f"{q['fence_breaches']} | {q['landed_disarmed']} | {st['plan_latency_p50_ms']:.1f}/"
-              f"{st['plan_latency_p99_ms']:.1f} ms |")
-    report = [{"autopilot": f, "control": m, **q, "stats": st} for f, m, q, st in rows]
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return 0

@@ -109,6 +109,46 @@ def plot_imagined_vs_actual(ticks: dict[str, Any], path: Path, every: int = 50, 
     return path
 
 
+def plot_quad_path(ticks: dict[str, Any], mission: dict[str, Any], path: Path, rollouts: int = 6,
+                   title: str = "") -> Path:
+    """The flown 3-D path against the figure-eight, with the imagined rollouts of `rollouts` evenly spread
+    ticks drawn from where the vehicle was (NED plotted as north, east, up so the picture is upright)."""
+    from dreamlink.runtime.mission import Figure8
+
+    plt = _pyplot()
+    spec: VehicleSpec = ticks["spec"]
+    idx = [spec.state_index(f"pos_{a}_m") for a in ("n", "e", "d")]
+    figure8 = Figure8(tuple(mission["centre_ned_m"]), mission["half_width_m"], mission["speed_mps"], mission["ramp_s"])
+    t = ticks["t_s"] - mission["start_s"]
+    ref, _ = figure8.position_velocity(t)
+    pos = ticks["state"][:, idx]
+    imagined = ticks["imagined"][:, :, idx]
+    fig = plt.figure(figsize=(9, 7))
+    ax = fig.add_subplot(projection="3d")
+    ax.plot(ref[:, 0], ref[:, 1], -ref[:, 2], color="tab:gray", lw=1.5, ls="--", label="reference")
+    ax.plot(pos[:, 0], pos[:, 1], -pos[:, 2], color="black", lw=1.2, label="flown")
+    finite = [i for i in range(len(t)) if np.all(np.isfinite(imagined[i]))]
+    for n, i in enumerate(finite[:: max(1, len(finite) // max(rollouts, 1))][:rollouts]):
+        im = imagined[i]
+        ax.plot(im[:, 0], im[:, 1], -im[:, 2], color="tab:orange", lw=2, alpha=0.9,
+                label=f"imagined rollout ({im.shape[0] - 1} steps)" if n == 0 else None)
+        ax.scatter([pos[i, 0]], [pos[i, 1]], [-pos[i, 2]], color="tab:orange", s=12)
+    up_m = -pos[:, 2]
+    mid_m, half_m = float(np.median(up_m)), max(2.0, float(np.ptp(up_m)) / 2 + 0.5)
+    ax.set_zlim(mid_m - half_m, mid_m + half_m)  # altitude wobble at its true scale, not magnified
+    ax.set_xlabel("north (m)")
+    ax.set_ylabel("east (m)")
+    ax.set_zlabel("up (m)")
+    summary = quad_summary(ticks, mission)
+    ax.set_title(title or f"tracking RMSE {summary['tracking_rmse_m']:.2f} m, "
+                          f"max deviation {summary['max_deviation_m']:.2f} m")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def quad_summary(ticks: dict[str, Any], mission: dict[str, Any]) -> dict[str, Any]:
     """Tracking RMSE and max deviation against the figure-eight, and how close the fence came."""
     from dreamlink.runtime.mission import Figure8

@@ -142,6 +142,7 @@ class ScriptedAutopilot:
         self.commands: list[tuple[float, Any]] = []
         self.setpoints: list[tuple[float, Any]] = []
         self.events: list[str] = []
+        self.params: dict[str, float] = {}
         self.pending_texts: list[str] = []
         self.target: Any = None  # the newest setpoint in force
         self.takeoff_alt_m: float | None = None
@@ -156,6 +157,7 @@ class ScriptedAutopilot:
         self.link.subscribe("COMMAND_LONG", self._on_command)
         self.link.subscribe("SET_POSITION_TARGET_LOCAL_NED", self._on_setpoint)
         self.link.subscribe("REQUEST_DATA_STREAM", self._on_request_data_stream)
+        self.link.subscribe("PARAM_SET", self._on_param_set)
         self._thread.start()
         return self
 
@@ -196,6 +198,14 @@ class ScriptedAutopilot:
                      }.get(m.req_stream_id, ())
             for msg_id in group if m.start_stop else ():
                 self.intervals_us[msg_id] = 1e6 / m.req_message_rate
+
+    def _on_param_set(self, m: Any, recv_s: float) -> None:
+        """The parameter protocol: store and echo as PARAM_VALUE (both autopilots)."""
+        raw = m.param_id
+        name = (raw.decode() if isinstance(raw, bytes) else str(raw)).split("\x00")[0]
+        with self.lock:
+            self.params[name] = float(m.param_value)
+            self.mav.param_value_send(name.encode(), m.param_value, m.param_type, len(self.params), 65535)
 
     def _ack(self, command: int, result: int) -> None:
         self.mav.command_ack_send(command, result, 0, 0, 1, 191)
@@ -408,6 +418,7 @@ def test_ardupilot_guided_takeoff_velocity_setpoints_brake_and_land(port: int, c
         mode_cmd = next(m for _, m in fc.commands if m.command == mavlink.MAV_CMD_DO_SET_MODE)
         assert (mode_cmd.param1, mode_cmd.param2) == (mavlink.MAV_MODE_FLAG_CUSTOM_MODE_ENABLED, 4)
         assert profile.mode == "GUIDED" and profile.yaw_hold_rad == pytest.approx(0.7)
+        assert fc.params == dict(ArduPilotCopterProfile.GUIDED_TUNING)  # tuned before GUIDED was asked for
         with pytest.raises(AutopilotError, match="arm"):
             profile.takeoff(2.0)
         profile.arm()

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from dreamlink.bundle import MANIFEST, SCHEMA_VERSION, BundleError, load_bundle, update_manifest, write_bundle
-from dreamlink.export import ExportError, export_world_model, pack_bundle
+from dreamlink.export.onnx_export import ExportError, export_world_model
+from dreamlink.export.pack import pack_bundle
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.spec import CARTPOLE, Component, VehicleSpec
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dreamlink.bundle import check_onnx_contract
-from dreamlink.export import ExportError, check_parity, export_policy, export_world_model, read_metadata
+from dreamlink.export.onnx_export import ExportError, check_parity, export_policy, export_world_model, read_metadata
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.spec import CARTPOLE, VehicleSpec
 

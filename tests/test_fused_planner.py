@@ -69,7 +69,8 @@ def _half(low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 
 def _compare_mppi(wm: Path, spec: VehicleSpec, task: QuadraticTask, graph_cfg: PlannerGraphConfig,
-                  state: np.ndarray, tmp_path: Path, ticks: int = 4, noise_smoothing: float = 0.0) -> None:
+                  state: np.ndarray, tmp_path: Path, ticks: int = 4, noise_smoothing: float = 0.0,
+                  prior: np.ndarray | None = None) -> None:
     cfg = MppiConfig(samples=graph_cfg.samples, horizon=graph_cfg.horizon, noise_sigma=0.5, temperature=0.5,
                      noise_smoothing=noise_smoothing)
     graph = write_planner(wm, spec, graph_cfg, tmp_path / "planner.onnx")
@@ -82,8 +83,8 @@ def _compare_mppi(wm: Path, spec: VehicleSpec, task: QuadraticTask, graph_cfg: P
     tracking = (ramp * (spec.state_high - spec.state_low) * 0.1).astype(np.float32)
     for tick in range(ticks):  # several ticks: warm start and generator stay in step
         reference = tracking if tick == 1 else None
-        a = ref.plan(state, warm_ref, 0.0, reference)
-        b = fused.plan(state, warm_fused, 0.0, reference)
+        a = ref.plan(state, warm_ref, 0.0, reference, prior)
+        b = fused.plan(state, warm_fused, 0.0, reference, prior)
         ref_costs = trajectory_cost(task, ref._traj, ref._samples, reference)
         np.testing.assert_allclose(fused.costs, ref_costs, rtol=0, atol=COST_RTOL * np.abs(ref_costs).max())
         np.testing.assert_allclose(b.actions, a.actions, rtol=0,
@@ -116,6 +117,26 @@ def test_fused_mppi_matches_reference_on_user_written_model(linear_model: Path, 
 def test_fused_mppi_matches_reference_with_smooth_noise(linear_model: Path, tmp_path: Path) -> None:
     _compare_mppi(linear_model, POINT, POINT_TASK, PlannerGraphConfig(32, 10), np.array([0.2, -0.3], np.float32),
                   tmp_path, noise_smoothing=0.8)
+
+
+def test_fused_mppi_matches_reference_with_a_policy_prior(linear_model: Path, tmp_path: Path) -> None:
+    prior = np.linspace(-1.5, 1.5, 10, dtype=np.float32)[:, None]  # far from the warm start's 0.4
+    _compare_mppi(linear_model, POINT, POINT_TASK, PlannerGraphConfig(32, 10), np.array([0.2, -0.3], np.float32),
+                  tmp_path, noise_smoothing=0.5, prior=prior)
+
+
+def test_a_prior_seeds_its_share_of_the_samples_and_sample_one_is_the_prior(linear_model: Path) -> None:
+    cfg = MppiConfig(samples=40, horizon=10, noise_sigma=0.1, temperature=0.5, prior_share=0.25)
+    planner = MppiPlanner(ModelSession(linear_model, POINT), POINT, POINT_TASK, cfg, np.random.default_rng(3))
+    warm = np.full((10, 1), 0.4, np.float32)
+    prior = np.full((10, 1), -1.5, np.float32)
+    planner.plan(np.array([0.2, -0.3], np.float32), warm, 0.0, None, prior)
+    samples = planner._samples[:, :, 0]
+    assert cfg.prior_rows() == 10
+    assert np.array_equal(samples[0], warm[:, 0]) and np.array_equal(samples[1], prior[:, 0])
+    around_prior = samples[2:11].mean(axis=1)
+    around_warm = samples[11:].mean(axis=1)
+    assert np.all(np.abs(around_prior + 1.5) < 0.5) and np.all(np.abs(around_warm - 0.4) < 0.5)
 
 
 @pytest.mark.parametrize("rollout", ["unrolled", "loop"])

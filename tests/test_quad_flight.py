@@ -12,13 +12,14 @@ import sys
 import numpy as np
 import pytest
 
+from dreamlink.demo import QUAD_PLANNER
 from dreamlink.spec import QUAD
 
 pytestmark = [pytest.mark.sitl, pytest.mark.slow]
 
-# Where tracking stands today on this SITL (see README, "Quadrotor"): the bound a regression
-# must not cross, well short of the 0.35 m the quadrotor issue asks for.
-TRACKING_RMSE_BOUND_M = 2.0
+# Where tracking stands on this short test flight (a smaller model than the demo's, 1 lap, one seed:
+# 0.39 m measured): the bound a regression must not cross; the demo's figures are in the README.
+TRACKING_RMSE_BOUND_M = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,7 @@ def quad_bundle(tmp_path_factory):
     result = train_world_model(data, config, TrainConfig(epochs=20, seed=0))
     bundle, parity = pack_bundle(tmp_path_factory.mktemp("quad") / "bundle", QUAD, result.model)
     assert parity.ok
-    planner = {"samples": 128, "horizon": 30, "noise_sigma": 0.3, "temperature": 3.0, "noise_smoothing": 0.9}
-    return update_manifest(bundle, calibration={"planner": planner}).root
+    return update_manifest(bundle, calibration={"planner": QUAD_PLANNER}).root
 
 
 def fly(bundle, tmp_path, flavour: str, *extra: str) -> tuple[dict, dict]:

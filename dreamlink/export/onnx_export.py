@@ -78,8 +78,19 @@ class _PolicyIO(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.inner(state)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.inner(*inputs)
+
+
+def policy_takes_target(module: nn.Module, spec: VehicleSpec) -> bool:
+    """Whether `module` is a tracking policy, forward(state, target), rather than forward(state)."""
+    s = torch.zeros(2, spec.state_dim)
+    try:
+        with torch.no_grad():
+            module(s, s)
+        return True
+    except TypeError:
+        return False
 
 
 def random_inputs(spec: VehicleSpec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -233,21 +244,24 @@ def export_world_model(
 def export_policy(
     module: nn.Module, spec: VehicleSpec, path: str | os.PathLike[str], opset: int = 17, *, dynamo: bool = False
 ) -> Path:
-    """Export a policy: forward(state [B,S]) -> action [B,A]."""
+    """Export a policy: forward(state [B,S]) -> action [B,A], or a tracking policy forward(state [B,S],
+    target [B,S]) -> action [B,A] (the task's reference a few steps ahead)."""
     _check_float32(module)
     S, A = spec.state_dim, spec.action_dim
     with _eval_mode(module):
         s, _ = (torch.from_numpy(x) for x in random_inputs(spec, _TRIAL_BATCH, seed=0))
+        args = (s, torch.flip(s, [0])) if policy_takes_target(module, spec) else (s,)
         try:
             with torch.no_grad():
-                out = module(s)
+                out = module(*args)
         except Exception as e:
             raise ExportError(f"the policy's forward failed on state [{_TRIAL_BATCH},{S}]: {e}") from e
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (_TRIAL_BATCH, A):
             got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ExportError(f"the policy returned {got} for batch {_TRIAL_BATCH}, expected [B,{A}]")
         return _export(
-            _PolicyIO(module), (s[:2],), Path(path), ["state"], "action", 0, opset, dynamo,
+            _PolicyIO(module), tuple(a[:2] for a in args), Path(path), ["state", "target"][: len(args)], "action", 0,
+            opset, dynamo,
             _metadata(spec, "policy", 1),
         )
 
@@ -267,11 +281,12 @@ def check_parity(
     and a batch of one, so a graph that baked in the trace's batch size fails here too.
     """
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    is_policy = {i.name for i in sess.get_inputs()} == {"state"}
+    names = [i.name for i in sess.get_inputs()]
     state, action = random_inputs(spec, n_samples, seed)
-    feeds = {"state": state} if is_policy else {"state": state, "action": action}
+    target, _ = random_inputs(spec, n_samples, seed + 1)
+    feeds = {k: v for k, v in (("state", state), ("action", action), ("target", target)) if k in names}
     with _eval_mode(module), torch.no_grad():
-        args = [torch.from_numpy(feeds[k]) for k in (("state",) if is_policy else ("state", "action"))]
+        args = [torch.from_numpy(feeds[k]) for k in ("state", "action", "target") if k in feeds]
         ref = module(*args).numpy()
     got = sess.run(None, feeds)[0]
     one = sess.run(None, {k: v[:1] for k, v in feeds.items()})[0]

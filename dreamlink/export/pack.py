@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from dreamlink.bundle import Bundle, library_versions, write_bundle
+from dreamlink.bundle import Bundle, library_versions, load_bundle, write_bundle
 from dreamlink.export.onnx_export import (
     ExportError,
     ParityResult,
@@ -70,6 +71,36 @@ def pack_bundle(
     log.info("packed bundle %s (ensemble %d, parity max abs err %.2e)", bundle.root, ensemble_size,
              wm_parity.max_abs_err)
     return bundle, wm_parity
+
+
+def add_policy(bundle: Bundle, policy: nn.Module, training: Mapping[str, Any] | None = None, opset: int = 17) -> Bundle:
+    """Export `policy`, gate it on parity, and rewrite `bundle` with it (its other files and manifest
+    sections kept). The new folder is written beside the old and swapped in, so a failure leaves the
+    old bundle as it was."""
+    root = bundle.root
+    with tempfile.TemporaryDirectory(prefix="dreamlink-export-") as tmp:
+        pol_path = export_policy(policy, bundle.spec, Path(tmp) / "policy.onnx", opset=opset)
+        parity = _gate(policy, pol_path, bundle.spec, "policy")
+        files = {role: (bundle.path_of(role), {"precision": f.precision, "opset": f.opset,
+                                               "ensemble_size": f.ensemble_size})
+                 for role, f in bundle.manifest.files.items() if role != "policy"}
+        files["policy"] = (pol_path, {"precision": "fp32", "opset": opset, "ensemble_size": 1})
+        m = bundle.manifest
+        staged = root.parent / f".{root.name}-with-policy"
+        if staged.exists():
+            shutil.rmtree(staged)
+        write_bundle(staged, m.spec, files,
+                     training={**m.training, **_jsonable(dict(training or {}), "training"), "policy_parity":
+                               asdict(parity)},
+                     calibration=m.calibration, versions={**m.versions, **library_versions()})
+    old = root.parent / f".{root.name}-old"
+    if old.exists():
+        shutil.rmtree(old)  # left by an interrupted swap
+    os.replace(root, old)
+    os.replace(staged, root)
+    shutil.rmtree(old)
+    log.info("added a distilled policy to %s (parity max abs err %.2e)", root, parity.max_abs_err)
+    return load_bundle(root)
 
 
 def _gate(module: nn.Module, path: Path, spec: VehicleSpec, what: str) -> ParityResult:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.bundle import Bundle, BundleError
-from dreamlink.runtime.mppi import MppiConfig, Plan, smooth_noise
+from dreamlink.runtime.mppi import MppiConfig, Plan, seed_with_prior, smooth_noise
 from dreamlink.runtime.session import SessionConfig, make_session
 from dreamlink.runtime.tasks import QuadraticTask
 from dreamlink.spec import VehicleSpec
@@ -137,13 +137,9 @@ class FusedPlanner:
             raise BundleError(f"{bundle.root}: no 'planner' file; pack one with dreamlink.export.planner_graph")
         calib = bundle.manifest.calibration
         if config is None:
-            raw = calib.get("planner", {})
-            keys = ("samples", "horizon", "noise_sigma", "temperature", "noise_smoothing")
-            config = MppiConfig(**{k: raw[k] for k in keys if k in raw})
+            config = MppiConfig.from_calibration(calib.get("planner", {}))
         if session is None:
-            raw_s: dict[str, Any] = calib.get("session", {})
-            fields = ("intra_op_threads", "inter_op_threads", "allow_spinning", "graph_optimization")
-            session = SessionConfig(**{k: raw_s[k] for k in fields if k in raw_s})
+            session = SessionConfig.from_calibration(calib.get("session", {}))
         return cls(bundle.path_of("planner"), bundle.spec, task, config, rng, session)
 
     def set_task(self, task: QuadraticTask) -> None:
@@ -175,9 +171,11 @@ class FusedPlanner:
         view.flags.writeable = False
         return view
 
-    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None) -> Plan:
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None,
+             prior: np.ndarray | None = None) -> Plan:
         """One planning iteration from `state` [S] around the warm-start plan `warm` [H,A];
-        `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
+        `reference` [H,S] is the per-step target of a tracking task (None: the task's own);
+        `prior` [H,A] seeds samples 1..`config.prior_rows()` through the noise input (no graph change)."""
         np.copyto(self._state, state, casting="same_kind")
         np.copyto(self._warm, warm, casting="same_kind")
         if reference is not None:
@@ -188,6 +186,8 @@ class FusedPlanner:
             self._tracking = False
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
         smooth_noise(self._noise, self.config.noise_smoothing)  # the graph scales by sigma, as MppiPlanner
+        if prior is not None:
+            seed_with_prior(self._noise, prior, self._warm, self.config.prior_rows(), self._in["sigma"])
         self._session.run_with_iobinding(self._binding)
         costs = self._out["costs"]
         return Plan(

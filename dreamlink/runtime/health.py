@@ -28,9 +28,7 @@ class HealthResult:
 
 def planner_config_for(bundle: Bundle) -> MppiConfig:
     """The planner settings the bundle was calibrated for (manifest `calibration.planner`), else defaults."""
-    raw = bundle.manifest.calibration.get("planner", {})
-    fields = {k: raw[k] for k in ("samples", "horizon", "noise_sigma", "temperature", "noise_smoothing") if k in raw}
-    return MppiConfig(**fields)
+    return MppiConfig.from_calibration(bundle.manifest.calibration.get("planner", {}))
 
 
 def run_health_check(

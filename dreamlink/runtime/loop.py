@@ -2,8 +2,10 @@
 
 `ControlLoop.tick` is the control tick of DESIGN.md, top to bottom. The loop owns what
 carries between ticks (the previous plan, counters); the planner and the shield are
-functions of their inputs. Fallback chain when planning fails or is unusable: the shifted
-previous plan, then the hold action. Every fallback is counted and logged as an event.
+functions of their inputs. Fallback chain when planning fails or is unusable: the distilled
+policy (when the bundle has one and the state is fresh), the shifted previous plan, then the hold
+action. Every fallback is counted and logged as an event. With a policy, a share of each tick's
+samples is also seeded from it (`PolicySession.prior`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import numpy as np
 
 from dreamlink.runtime.clock import Clock
 from dreamlink.runtime.mppi import MppiPlanner, Plan, shift_plan
+from dreamlink.runtime.policy import PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
 from dreamlink.runtime.shield import ShieldLimits, shield
 
 log = logging.getLogger(__name__)
 
 # Where a tick's action came from (recorded per tick as a small integer).
-SOURCE_PLAN, SOURCE_PREVIOUS_PLAN, SOURCE_HOLD = 0, 1, 2
-SOURCE_NAMES = {SOURCE_PLAN: "plan", SOURCE_PREVIOUS_PLAN: "previous_plan", SOURCE_HOLD: "hold"}
+SOURCE_PLAN, SOURCE_PREVIOUS_PLAN, SOURCE_HOLD, SOURCE_POLICY = 0, 1, 2, 3
+LOCKSTEP_WALL_GRACE_S = 2.0
+SOURCE_NAMES = {SOURCE_PLAN: "plan", SOURCE_PREVIOUS_PLAN: "previous_plan", SOURCE_HOLD: "hold",
+                SOURCE_POLICY: "policy"}
 
 
 class Profile(Protocol):
@@ -114,14 +119,19 @@ class ControlLoop:
         reference: Callable[[float], np.ndarray] | None = None,
         estop: threading.Event | None = None,
         failsafe: Callable[[], object] | None = None,
+        policy: PolicySession | None = None,
     ) -> None:
         """`reference(t_s) -> [H,S]` is the tracking target over the horizon from `t_s` (None: fixed task);
         `estop` set (by the ground station listener) ends the flight with the motors stopped at the next
-        tick; `failsafe()` asks the vehicle for its own failsafe when telemetry stays stale."""
+        tick; `failsafe()` asks the vehicle for its own failsafe when telemetry stays stale; `policy`, the
+        distilled policy: first fallback and sampling prior."""
         self.profile, self.planner, self.limits, self.clock = profile, planner, limits, clock
         self.reference = reference
         self.estop = estop
         self.failsafe = failsafe
+        self.policy = policy
+        task = getattr(planner, "task", None)  # the policy's target on a fixed task
+        self._fixed_target = np.asarray(task.target if task is not None else (), dtype=np.float32)
         self.stopped_by_estop = False
         self._stale_since: float | None = None
         # In lockstep the vehicle waits for us: a slow plan is late on the wall clock only, so it is counted
@@ -135,11 +145,24 @@ class ControlLoop:
         self._latency: list[float] = []
         self._lateness: list[float] = []
 
-    def _fallback(self, reason: str, t_s: float) -> tuple[np.ndarray, int]:
-        """Shifted previous plan while one is usable, then hold."""
+    def _fallback(self, reason: str, t_s: float, state: np.ndarray | None = None,
+                  ref: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """The policy on a fresh `state` (None: stale, skip it), the shifted previous plan while one is
+        usable, then hold."""
         self.counters.fallbacks[reason] = self.counters.fallbacks.get(reason, 0) + 1
+        action, source = self._fallback_action(t_s, state, ref)
         if self.recorder:
-            self.recorder.event("fallback", t_s, reason=reason)
+            self.recorder.event("fallback", t_s, reason=reason, source=SOURCE_NAMES[source])
+        return action, source
+
+    def _fallback_action(self, t_s: float, state: np.ndarray | None, ref: np.ndarray | None) -> tuple[np.ndarray, int]:
+        if self.policy is not None and state is not None:
+            try:
+                action = self.policy.act(state, self.policy.target_at(ref, self._fixed_target))
+                if np.all(np.isfinite(action)):
+                    return action, SOURCE_POLICY
+            except Exception as e:  # the policy's session failed too: on down the chain
+                log.warning("policy fallback failed: %s", e)
         prev = self.previous
         if prev is not None and t_s - prev.made_at_s < prev.actions.shape[0] * self.config.period_s:
             return prev.action_at(t_s, self.config.period_s), SOURCE_PREVIOUS_PLAN
@@ -149,34 +172,49 @@ class ControlLoop:
         """One control tick at `now_s`; returns the action sent."""
         if self.estop is not None and self.estop.is_set():
             return self._emergency_stop(now_s)
-        _, state, age_s = self.profile.state()
+        t_state, state, age_s = self.profile.state()
+        if self._paced_by_vehicle:
+            # Lockstep: staleness in vehicle time; wall-clock age only past a grace (a dead link, a dead SITL)
+            # so a loaded machine does not turn fresh samples stale and flights reproduce from their seed.
+            age_s = max(self.clock.age_of(t_state), age_s - LOCKSTEP_WALL_GRACE_S)  # type: ignore[attr-defined]
         plan: Plan | None = None
         latency_s = float("nan")
         if age_s > self.config.stale_limit_s or not np.all(np.isfinite(state)):
             self.counters.stale_ticks += 1
             action, source = self._fallback("stale_state", now_s)
             self._on_stale(now_s)
+        # -- estimator health (issue 6): the autopilot reports its own state estimate unusable: not planned
+        # on, held like stale state, and past failsafe_after_s the vehicle's own failsafe --
+        elif not getattr(self.profile, "estimator_ok", True):
+            action, source = self._fallback("estimator_unhealthy", now_s)
+            self._on_stale(now_s)
+        # -- end estimator health --
         else:
             self._stale_since = None
             t0 = time.perf_counter()
+            ref = None
             try:
                 ref = self.reference(now_s) if self.reference is not None else None
-                plan = self.planner.plan(state, self._warm, now_s, ref)
+                prior = None
+                if self.policy is not None:
+                    imagined = self.previous.imagined if self.previous is not None else None
+                    prior = self.policy.prior(state, imagined, ref, self._fixed_target, self._warm.shape[0])
+                plan = self.planner.plan(state, self._warm, now_s, ref, prior)
             except Exception as e:  # the model or session failed: fly on without it
                 log.warning("planner failed: %s", e)
                 plan = None
             latency_s = time.perf_counter() - t0
             if plan is None:
-                action, source = self._fallback("planner_error", now_s)
+                action, source = self._fallback("planner_error", now_s, state, ref)
             elif not np.all(np.isfinite(plan.actions)):
                 plan = None
-                action, source = self._fallback("nonfinite_plan", now_s)
+                action, source = self._fallback("nonfinite_plan", now_s, state, ref)
             elif latency_s > self.config.plan_latency_limit_s and not self._paced_by_vehicle:
                 plan = None
-                action, source = self._fallback("plan_overrun", now_s)
+                action, source = self._fallback("plan_overrun", now_s, state, ref)
             elif plan.disagreement > self.config.disagreement_limit:
                 plan = None
-                action, source = self._fallback("model_uncertain", now_s)
+                action, source = self._fallback("model_uncertain", now_s, state, ref)
             else:
                 action, source = plan.actions[0], SOURCE_PLAN
         safe = shield(action, self.limits, state, self._last_sent)

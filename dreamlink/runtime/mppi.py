@@ -8,7 +8,9 @@ warm start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,9 @@ class MppiConfig:
     # Correlation of the sampling noise between consecutive steps (0: white). Smooth samples suit a
     # vehicle whose setpoints are slew-limited by the shield: white noise would mostly be clipped away.
     noise_smoothing: float = 0.0
+    # With a policy prior (the distilled policy's actions over the horizon): this share of the K samples
+    # is drawn around the prior instead of the warm start; sample 1 is the prior itself.
+    prior_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.samples < 2 or self.horizon < 1:
@@ -37,6 +42,17 @@ class MppiConfig:
             raise ValueError(f"MppiConfig: noise_sigma and temperature must be > 0, got {self}")
         if not 0.0 <= self.noise_smoothing < 1.0:
             raise ValueError(f"MppiConfig.noise_smoothing: expected [0, 1), got {self.noise_smoothing}")
+        if not 0.0 <= self.prior_share < 1.0:
+            raise ValueError(f"MppiConfig.prior_share: expected [0, 1), got {self.prior_share}")
+
+    @classmethod
+    def from_calibration(cls, raw: Mapping[str, Any]) -> MppiConfig:
+        """From a manifest's `calibration.planner` section (missing keys keep their defaults)."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+
+    def prior_rows(self) -> int:
+        """How many samples (from sample 1 on) a prior seeds: at least one, never sample 0 (the warm start)."""
+        return min(self.samples - 1, max(1, round(self.samples * self.prior_share)))
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,17 @@ def shift_plan(actions: np.ndarray, steps: int = 1) -> np.ndarray:
         return actions.copy()
     steps = min(steps, len(actions))
     return np.concatenate([actions[steps:], np.repeat(actions[-1:], steps, axis=0)], axis=0)
+
+
+def seed_with_prior(offsets: np.ndarray, prior: np.ndarray, warm: np.ndarray, rows: int,
+                    scale: np.ndarray | None = None) -> None:
+    """In place: samples 1..rows of `offsets` [K,H,A] (added to `warm` [H,A]) move to `prior` [H,A],
+    sample 1 exactly onto it. `scale` [A]: the offsets are in units of it (the fused graph's noise)."""
+    shift = prior.astype(np.float32, copy=False) - warm
+    if scale is not None:
+        shift = shift / scale
+    offsets[1] = 0.0
+    offsets[1 : rows + 1] += shift
 
 
 def smooth_noise(noise: np.ndarray, beta: float) -> None:
@@ -121,13 +148,17 @@ class MppiPlanner:
             else:
                 self._spread[:, h] = 0.0
 
-    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None) -> Plan:
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None,
+             prior: np.ndarray | None = None) -> Plan:
         """One MPPI iteration from `state` [S] around the warm-start plan `warm` [H,A];
-        `reference` [H,S] is the per-step target of a tracking task (None: the task's own)."""
+        `reference` [H,S] is the per-step target of a tracking task (None: the task's own);
+        `prior` [H,A] (the policy's sequence) seeds `config.prior_rows()` of the samples."""
         self.rng.standard_normal(dtype=np.float32, out=self._noise)
         smooth_noise(self._noise, self.config.noise_smoothing)
         self._noise *= self._sigma
         self._noise[0] = 0.0  # sample 0 is the warm start itself, so a good plan is never lost
+        if prior is not None:
+            seed_with_prior(self._noise, prior, warm, self.config.prior_rows())
         np.add(warm[None], self._noise, out=self._samples)
         np.clip(self._samples, self._low, self._high, out=self._samples)
         self.rollout(state.astype(np.float32, copy=False), self._samples)

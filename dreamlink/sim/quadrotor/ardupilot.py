@@ -26,6 +26,9 @@ ArduCopter/AP_Arming.cpp (arming messages), libraries/GCS_MAVLink/GCS_Common.cpp
 - Velocity / acceleration / attitude targets time out after GUID_TIMEOUT (3 s): the velocity target is set
   to zero and the vehicle brakes to a stop and holds, still in GUIDED (mode_guided.cpp velaccel_control_run).
   Position targets do not time out. Inputs are shaped with WPNAV_ACCEL 2.5 m/s^2 and PSC_JERK_NE 5 m/s^3.
+- EKF failsafe (ArduCopter/ekf_check.cpp): once the estimator has been unhealthy for 1 s (10 checks at
+  10 Hz) while armed and flying, "EKF variance" and the FS_EKF_ACTION default, LAND ("EKF Failsafe: changed
+  to LAND Mode"); position modes are refused meanwhile ("requires position").
 - SET_ATTITUDE_TARGET (GUIDED): quaternion (unit length within 1e-3) and/or all three body rates; thrust is a
   climb rate by default: 0.5 holds altitude, 1 climbs at WPNAV_SPEED_UP, 0 descends at WPNAV_SPEED_DN.
   A positive climb rate takes a landed vehicle off.
@@ -34,7 +37,8 @@ ArduCopter/AP_Arming.cpp (arming messages), libraries/GCS_MAVLink/GCS_Common.cpp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -68,6 +72,7 @@ from dreamlink.sim.quadrotor.modes import (
     copter_base_mode,
     copter_mode_name,
 )
+from dreamlink.sim.quadrotor.params import ParamTable
 from dreamlink.sim.quadrotor.physics import QuadState, yaw_of
 from dreamlink.sim.quadrotor.setpoints import (
     ARDUPILOT_FRAMES,
@@ -82,21 +87,30 @@ MAV_FRAME_GLOBAL_RELATIVE_ALT = 3
 _TAKEOFF_MODES = (CopterMode.GUIDED, CopterMode.LOITER, CopterMode.POSHOLD)
 # WPNAV_SPEED_UP / _DN (m/s): the climb-rate reading of SET_ATTITUDE_TARGET.thrust
 _SPEED_UP_MPS, _SPEED_DN_MPS = 2.5, 1.5
+EKF_CHECK_S = 1.0  # EKF_CHECK_ITERATIONS_MAX (10) checks at 10 Hz
 
 
 class ArduCopterAutopilot(Autopilot):
     """ArduCopter's modes and MAVLink command semantics."""
 
-    # WPNAV_ACCEL 2.5, PSC_JERK_NE 5, WPNAV_ACCEL_Z 1, WPNAV_SPEED 10, WPNAV_SPEED_UP 2.5, WPNAV_SPEED_DN 1.5,
-    # LAND_SPD_MS 0.5 below LAND_ALT_LOW_M 10 (values in the log)
-    limits = GuidanceLimits(accel_xy_mps2=2.5, jerk_xy_mps3=5.0, accel_z_mps2=1.0, cruise_mps=10.0, climb_mps=2.5,
-                            descend_mps=1.5, land_mps=0.5, land_slow_below_m=10.0)
+    # The parameters (names and defaults as in the 4.8-dev log) that shape guided flight, settable over MAVLink
+    # (sim/quadrotor/params.py); LAND_SPD_MS 0.5 below LAND_ALT_LOW_M 10 stay fixed.
+    PARAM_DEFAULTS: ClassVar[Mapping[str, float]] = {
+        "WP_ACC": 2.5, "PSC_JERK_NE": 5.0, "WP_ACC_Z": 1.0, "WP_SPD": 10.0, "WP_SPD_UP": 2.5, "WP_SPD_DN": 1.5}
+
+    @property
+    def limits(self) -> GuidanceLimits:  # type: ignore[override]
+        p = self.params
+        return GuidanceLimits(accel_xy_mps2=p["WP_ACC"], jerk_xy_mps3=p["PSC_JERK_NE"], accel_z_mps2=p["WP_ACC_Z"],
+                              cruise_mps=p["WP_SPD"], climb_mps=p["WP_SPD_UP"], descend_mps=p["WP_SPD_DN"],
+                              land_mps=0.5, land_slow_below_m=10.0)
     vtol_state = 3  # MAV_VTOL_STATE_MC, as ArduCopter reports it
     rtl_alt_m = 15.0  # RTL_ALT_M
     rtl_loiter_time_s = 5.0  # RTL_LOIT_TIME
 
     def __init__(self, config: AutopilotConfig) -> None:
         super().__init__(config)
+        self.params = ParamTable(self.PARAM_DEFAULTS)
         self.mode = int(CopterMode.STABILIZE)
         self._client_pos = np.zeros(3)
         self._client_vel = np.zeros(3)
@@ -234,6 +248,16 @@ class ArduCopterAutopilot(Autopilot):
         hold_at = np.array([t.point_ned[0], t.point_ned[1], -t.target_alt_m])
         self.start_task("hold", now_s, state)
         self.task.point_ned = hold_at
+
+    def update_mode(self, now_s: float, state: QuadState) -> None:
+        bad_since = self.estimator_bad_since_s
+        if (bad_since is not None and now_s - bad_since >= EKF_CHECK_S and self.armed and not self.landed
+                and self.mode != CopterMode.LAND):
+            self.counters.failsafes += 1
+            self.text(MAV_SEVERITY_CRITICAL, "EKF variance")
+            self.mode = int(CopterMode.LAND)
+            self._enter(self.mode, now_s, state)
+            self.text(MAV_SEVERITY_CRITICAL, "EKF Failsafe: changed to LAND Mode")
 
     # -- setpoints ------------------------------------------------------------------------------------------------
 

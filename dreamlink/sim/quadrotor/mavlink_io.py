@@ -31,6 +31,17 @@ Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and 
   not delayed.
 - Malformed input (garbage, CRC errors, a frame cut short at the datagram end, unknown ids) is dropped and
   counted, never fatal.
+- Estimator health, as each autopilot reports it: SYS_STATUS's MAV_SYS_STATUS_AHRS health bit, and
+  EKF_STATUS_REPORT (ArduPilot: flags 831 and variances ~0.05 when healthy; variances >= 0.8, the
+  FS_EKF_THRESH default, and the position flags cleared when not) or ESTIMATOR_STATUS (PX4: test ratios > 1
+  and GPS_GLITCH when not). Both are streamable per flavour at the 2 Hz default. The fault is in the report
+  only: the position telemetry itself stays what it was.
+- Faults (set by the process's schedule): `telemetry_frozen` stops HEARTBEAT and every stream (their schedule
+  runs on unsent, counted in `tx_frozen`); TIMESYNC answers, COMMAND_ACK and STATUSTEXT still go out, so a
+  lockstep client can still step the vehicle and learn its time.
+- Signing (`signing_key`, as the motor board): every frame sent is signed; a received frame is acted on only
+  with a good signature newer than its stream's last (unsigned, wrongly signed and replayed frames are
+  dropped and counted: `rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`).
 """
 
 from __future__ import annotations
@@ -46,6 +57,14 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.firmware_bridge.security import (
+    Admission,
+    Authenticator,
+    SigningKey,
+    Verdict,
+    command_message_ids,
+    signing_timestamp,
+)
 from dreamlink.sim.mavlink_udp import mavlink, new_parser
 from dreamlink.sim.quadrotor.autopilot import (
     MAV_RESULT_ACCEPTED,
@@ -55,6 +74,7 @@ from dreamlink.sim.quadrotor.autopilot import (
     MAV_SEVERITY_INFO,
 )
 from dreamlink.sim.quadrotor.controller import ControlTarget
+from dreamlink.sim.quadrotor.params import MAV_PARAM_TYPE_REAL32, PARAM_REQUESTS, handle_param_message
 from dreamlink.sim.quadrotor.physics import GRAVITY_MPS2, euler_of, quat_multiply, quat_to_rotation
 from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
 
@@ -67,12 +87,12 @@ EARTH_RADIUS_M = 6378137.0
 MSG = {name: getattr(mavlink, f"MAVLINK_MSG_ID_{name}") for name in (
     "LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
     "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "POSITION_TARGET_LOCAL_NED", "ATTITUDE_TARGET",
-    "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT")}
+    "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT", "EKF_STATUS_REPORT", "ESTIMATOR_STATUS")}
 STATE_MESSAGES = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY")
 DEFAULT_RATE_HZ = {"LOCAL_POSITION_NED": 50.0, "ATTITUDE": 50.0, "ATTITUDE_QUATERNION": 50.0, "HIGHRES_IMU": 50.0,
                    "ODOMETRY": 50.0, "SYS_STATUS": 2.0, "EXTENDED_SYS_STATE": 2.0, "GLOBAL_POSITION_INT": 5.0,
                    "POSITION_TARGET_LOCAL_NED": 10.0, "ATTITUDE_TARGET": 10.0, "SERVO_OUTPUT_RAW": 10.0,
-                   "HOME_POSITION": 0.5}
+                   "HOME_POSITION": 0.5, "EKF_STATUS_REPORT": 2.0, "ESTIMATOR_STATUS": 2.0}
 BOOT_STREAMS = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
                 "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "HOME_POSITION")
 # ArduPilot's legacy stream groups (REQUEST_DATA_STREAM), reduced to the messages this SITL has
@@ -81,6 +101,17 @@ DATA_STREAM_GROUPS = {1: ("HIGHRES_IMU",), 2: ("SYS_STATUS", "EXTENDED_SYS_STATE
 # SYS_STATUS sensor bit sets copied from the logs; the health bits below are cleared until the vehicle is armable
 SYS_STATUS_BITS = {"ardupilot": (0x5371FC2F, 0x52619C2F, 0x57719C2F), "px4": (0x0300402F, 0x0301402F, 0x1320C83F)}
 PREARM_AND_AHRS = 0x10000000 | 0x00200000
+AHRS_HEALTH = 0x00200000  # MAV_SYS_STATUS_AHRS: the estimator's health bit in SYS_STATUS
+# EKF_STATUS_FLAGS / ESTIMATOR_STATUS_FLAGS (same bits): attitude, horizontal and vertical velocity, relative and
+# absolute horizontal position, absolute vertical position, predicted relative / absolute horizontal position
+# (ArduPilot reports 831 = 0x33F when healthy). Unhealthy: only attitude, velocity and vertical position left.
+ESTIMATOR_FLAGS_OK = 0x33F
+ESTIMATOR_FLAGS_BAD = 0x027
+# Per-flavour estimator report: ArduPilot's EKF_STATUS_REPORT (ardupilotmega), PX4's ESTIMATOR_STATUS (common)
+ESTIMATOR_REPORT = {"ardupilot": "EKF_STATUS_REPORT", "px4": "ESTIMATOR_STATUS"}
+# Not telemetry: the lockstep protocol and command answers, which a telemetry freeze does not stop
+_NOT_TELEMETRY = frozenset({mavlink.MAVLINK_MSG_ID_TIMESYNC, mavlink.MAVLINK_MSG_ID_COMMAND_ACK,
+                            mavlink.MAVLINK_MSG_ID_STATUSTEXT})
 VERSION = {"ardupilot": (64495, 67633152, 0), "px4": (59647, 17826047, 17826047)}
 TICK_MESSAGES = ("SET_POSITION_TARGET_LOCAL_NED", "SET_ATTITUDE_TARGET")
 
@@ -95,6 +126,11 @@ class IoCounters:
     rx_not_for_us: int = 0
     tx_frames: int = 0
     ticks: int = 0
+    rx_signed: int = 0  # signing on: frames whose signature was good
+    rx_unsigned_rejected: int = 0  # signing on: unsigned frames dropped (every one but RADIO_STATUS)
+    rx_bad_signature: int = 0
+    rx_replayed: int = 0
+    tx_frozen: int = 0  # telemetry frames not sent during a freeze
     rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -118,8 +154,10 @@ class MavlinkFace:
     """MAVLink in and out for one `SimVehicle`. `on_tick` is called for each lockstep tick message."""
 
     def __init__(self, vehicle: SimVehicle, write: Callable[[bytes], None], lockstep: bool = False,
-                 streams_at_boot: bool | None = None, on_tick: Callable[[], None] | None = None) -> None:
+                 streams_at_boot: bool | None = None, on_tick: Callable[[], None] | None = None,
+                 signing_key: SigningKey | None = None, wall_clock: Callable[[], float] = time.time) -> None:
         self.vehicle = vehicle
+        self.telemetry_frozen = False  # a fault: no HEARTBEAT, no streams (TIMESYNC and ACKs still go out)
         self.flavour = vehicle.flavour
         self.lockstep = lockstep
         self.on_tick = on_tick
@@ -127,8 +165,17 @@ class MavlinkFace:
         self._write = write
         self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=SYSTEM_ID, srcComponent=COMPONENT_ID)
         self._parser = new_parser()
+        self._wall_clock = wall_clock
+        self._auth: Authenticator | None = None
+        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}))
+        if signing_key is not None:  # as the motor board: sign everything, act on good signatures only
+            signing = self._mav.signing
+            signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
+            signing.timestamp = signing_timestamp(wall_clock())
+            self._auth = Authenticator(signing_key, wall_clock)
+            self._mav.send = self._send_signed
         self._delay_us = round(vehicle.domain.telemetry_latency_s * 1e6)
-        self._delayed: deque[tuple[int, bytes]] = deque()
+        self._delayed: deque[tuple[int, Any]] = deque()  # (due us, packed frame or, signing, the message)
         self._delaying = False
         self._released: dict[int, bytes] = {}  # newest frame written per message id (the snapshot resends it)
         self._noise_rng = np.random.default_rng([vehicle.domain.seed, 2])
@@ -148,6 +195,8 @@ class MavlinkFace:
     # -- streams ------------------------------------------------------------------------------------------------
 
     def streamable(self, name: str) -> bool:
+        if name in ESTIMATOR_REPORT.values():
+            return name == ESTIMATOR_REPORT[self.flavour]
         return name in DEFAULT_RATE_HZ and not (name == "ODOMETRY" and self.flavour == "ardupilot")
 
     def set_interval(self, name: str, interval_us: float) -> None:
@@ -165,6 +214,13 @@ class MavlinkFace:
         if now_us >= self._next_heartbeat_us:
             self.send_heartbeat()
             self._next_heartbeat_us = now_us + 1_000_000
+        if self.telemetry_frozen:
+            for name, interval in list(self.interval_us.items()):  # the streams' schedule runs on, unsent
+                if now_us >= self._next_due_us.get(name, now_us):
+                    self._next_due_us[name] = now_us + interval
+                    self.counters.tx_frozen += 1
+            self.flush_texts()
+            return
         self._delaying = self._delay_us > 0
         try:
             for name, interval in list(self.interval_us.items()):
@@ -176,7 +232,11 @@ class MavlinkFace:
             self._delaying = False
         self.flush_texts()
         while self._delayed and self._delayed[0][0] <= now_us:
-            self._write_now(self._delayed.popleft()[1])
+            item = self._delayed.popleft()[1]
+            if isinstance(item, bytes):
+                self._write_now(item)
+            else:
+                self._send_signed(item)
 
     def send_state_snapshot(self) -> None:
         """One sample of every enabled state stream (lockstep: with the wall-clock heartbeat, so a client
@@ -185,10 +245,12 @@ class MavlinkFace:
         A stream already flowing is repeated as last released, never sampled afresh: with telemetry
         latency a fresh sample would be stamped ahead of the delayed stream, and a lockstep client
         waiting for "a sample newer than the newest" would then wait on the wall clock every tick."""
+        if self.telemetry_frozen:
+            return
         for name in (*STATE_MESSAGES, "EXTENDED_SYS_STATE"):
             if name in self.interval_us:
                 frame = self._released.get(getattr(mavlink, f"MAVLINK_MSG_ID_{name}"))
-                if frame is not None:
+                if frame is not None and self._auth is None:  # a signed frame sent twice is a replay
                     self._write_now(frame)
                 else:
                     self.send_message(name)
@@ -201,6 +263,17 @@ class MavlinkFace:
         else:
             self._write_now(frame)
 
+    def _send_signed(self, msg: Any, force_mavlink1: bool = False) -> None:
+        # timestamps never behind the wall clock nor the newest a peer signed (the spec's rules)
+        assert self._auth is not None
+        if self._delaying:  # signed when it goes out: a frame signed now and sent later would be a replay
+            self._delayed.append((self.vehicle.time_us + self._delay_us, msg))
+            return
+        signing = self._mav.signing
+        signing.timestamp = max(signing.timestamp, signing_timestamp(self._wall_clock()),
+                                self._auth.newest_timestamp + 1)
+        type(self._mav).send(self._mav, msg, force_mavlink1=force_mavlink1)
+
     def _write_now(self, frame: bytes) -> None:
         self.counters.tx_frames += 1
         if len(frame) > 10 and frame[0] == 0xFD:  # MAVLink 2: message id in bytes 7..9
@@ -208,6 +281,9 @@ class MavlinkFace:
         self._write(frame)
 
     def send_heartbeat(self) -> None:
+        if self.telemetry_frozen:
+            self.counters.tx_frozen += 1
+            return
         mav_type, autopilot, base_mode, custom_mode, status = self.vehicle.autopilot.heartbeat()
         self._mav.heartbeat_send(mav_type, autopilot, base_mode, custom_mode, status, 3)
 
@@ -272,6 +348,8 @@ class MavlinkFace:
             present, enabled, health = SYS_STATUS_BITS[self.flavour]
             if not v.autopilot.prearm_ok(v.time_s) and not v.autopilot.armed:
                 health &= ~PREARM_AND_AHRS
+            if v.autopilot.estimator_fault:
+                health &= ~AHRS_HEALTH
             m.sys_status_send(present, enabled, health, 0, 12600 if self.flavour == "ardupilot" else 16200, -1, 100,
                               0, 0, 0, 0, 0, 0)
         elif name == "EXTENDED_SYS_STATE":
@@ -294,6 +372,15 @@ class MavlinkFace:
             low = 1000 if self.flavour == "ardupilot" else 900
             pwm = [int(1000 + 1000 * f) if v.autopilot.armed else low for f in frac]
             m.servo_output_raw_send(us & 0xFFFFFFFF, 0, *pwm, 0, 0, 0, 0)
+        elif name == "EKF_STATUS_REPORT":  # variances are test ratios: >= 0.8 is FS_EKF_THRESH's "bad"
+            bad = v.autopilot.estimator_fault
+            var = 1.2 if bad else 0.05
+            m.ekf_status_report_send(ESTIMATOR_FLAGS_BAD if bad else ESTIMATOR_FLAGS_OK, var, var, 0.05, var, 0.0)
+        elif name == "ESTIMATOR_STATUS":  # ratios: > 1 is a failed innovation test
+            bad = v.autopilot.estimator_fault
+            ratio = 1.5 if bad else 0.1
+            flags = (ESTIMATOR_FLAGS_BAD | mavlink.ESTIMATOR_GPS_GLITCH) if bad else ESTIMATOR_FLAGS_OK
+            m.estimator_status_send(us, flags, ratio, 0.1, ratio, 0.1, 0.0, 0.0, 0.5, 0.5)
         elif name == "AUTOPILOT_VERSION":
             caps, flight, middle = VERSION[self.flavour]
             m.autopilot_version_send(caps, flight, middle, 0, 0, [0] * 8, [0] * 8, [0] * 8, 0, 0, 0xD7EA3110C,
@@ -342,6 +429,8 @@ class MavlinkFace:
             if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
                 self.counters.rx_unknown += 1
                 continue
+            if self._auth is not None and not self._authentic(msg):
+                continue
             self.counters.rx_frames += 1
             self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
             try:
@@ -354,6 +443,28 @@ class MavlinkFace:
             if now - self._last_bad_warning > 5.0:
                 self._last_bad_warning = now
                 log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad, reason)
+
+    def _authentic(self, msg: Any) -> bool:
+        verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
+        if verdict is Verdict.SIGNED:
+            self.counters.rx_signed += 1
+            return True
+        if verdict is Verdict.UNSIGNED:
+            if self._admission.unsigned_ok(msg.get_msgId()):
+                return True
+            self.counters.rx_unsigned_rejected += 1
+        elif verdict is Verdict.BAD_SIGNATURE:
+            self.counters.rx_bad_signature += 1
+        else:
+            self.counters.rx_replayed += 1
+        now = time.monotonic()
+        if now - self._last_bad_warning > 5.0:
+            self._last_bad_warning = now
+            log.warning("dropped %s %s from %d/%d (so far: %d unsigned, %d bad signature, %d replayed)",
+                        verdict.value, msg.get_type(), msg.get_srcSystem(), msg.get_srcComponent(),
+                        self.counters.rx_unsigned_rejected, self.counters.rx_bad_signature,
+                        self.counters.rx_replayed)
+        return False
 
     def _for_me(self, msg: Any) -> bool:
         ok = msg.target_system in (0, SYSTEM_ID) and msg.target_component in (0, COMPONENT_ID)
@@ -400,6 +511,11 @@ class MavlinkFace:
         elif msg_type == "REQUEST_DATA_STREAM":
             if self.flavour == "ardupilot" and self._for_me(msg):
                 self._request_data_stream(int(msg.req_stream_id), float(msg.req_message_rate), int(msg.start_stop))
+        elif msg_type in PARAM_REQUESTS and getattr(ap, "params", None) is not None and self._for_me(msg):
+            handle_param_message(msg_type, msg, ap.params, self._send_param_value)
+
+    def _send_param_value(self, name: str, value: float, count: int, index: int) -> None:
+        self._mav.param_value_send(name.encode("ascii"), value, MAV_PARAM_TYPE_REAL32, count, index)
 
     def _command(self, msg: Any, is_int: bool) -> None:
         v, ap = self.vehicle, self.vehicle.autopilot

@@ -1,0 +1,185 @@
+"""`dreamlink demo quad`: per autopilot flavour, collect, train, export with the fused planner graph, distil a
+policy from the planner, then fly the figure-eight by planning and by the autopilot's own position control.
+
+Two ways to fly the comparison: in real time with wind (the demo), or over many randomised seeds in
+lockstep (`--lockstep-seeds N`, `make quad-seeds`: every flight must land; an RMSE table per seed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dreamlink.demo import (
+    QUAD_IGNORE_INPUTS,
+    QUAD_KSTEP_TOLERANCE,
+    QUAD_PLANNER,
+    _bar,
+    collect_quad_flights,
+    export_bundle,
+)
+
+FLAVOURS = ("ardupilot", "px4")
+DISTIL_FLIGHTS = 4  # lockstep planner flights whose actions the policy learns
+
+
+@dataclass(frozen=True)
+class QuadDemoConfig:
+    seed: int = 0
+    flights: int = 6  # randomised data-collection flights per flavour
+    seconds: float = 60.0  # excitation per collection flight
+    epochs: int = 40
+    laps: float = 2.0
+    wind_mps: float = 2.0
+    lockstep_seeds: int = 0  # > 0: fly this many randomised lockstep seeds instead of the real-time pair
+    reuse: bool = False  # keep bundles already built in the output folder
+
+
+def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
+    """Collect, train, export (world model + fused planner graph), distil the policy; the bundle folder."""
+    from dreamlink.campaign.distill import distill_into_bundle, fly_planner_lockstep
+    from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+    from dreamlink.learning.policy import PolicyConfig
+    from dreamlink.learning.train import TrainConfig, train_world_model
+    from dreamlink.learning.world_model import WorldModelConfig
+    from dreamlink.reports import plot_kstep
+    from dreamlink.spec import QUAD
+
+    bundle_dir = out / f"{flavour}-bundle"
+    if cfg.reuse and (bundle_dir / "manifest.json").exists():
+        print(f"== {flavour}: reusing {bundle_dir}")
+        return bundle_dir
+    print(f"== {flavour}: collect {cfg.flights} randomised lockstep flights of {cfg.seconds:.0f} s")
+    data = collect_quad_flights(flavour, [cfg.seed * 100 + i for i in range(cfg.flights)], cfg.seconds)
+    data.save(out / f"{flavour}-transitions.npz")
+    train_set, holdout = data.split_by_episode(1 / cfg.flights, cfg.seed)
+    with _bar(cfg.epochs, f"train {flavour}", "epoch") as bar:
+        result = train_world_model(
+            train_set,
+            WorldModelConfig(hidden=64, layers=2, ensemble_size=5, ignore_inputs=QUAD_IGNORE_INPUTS),
+            TrainConfig(epochs=cfg.epochs, seed=cfg.seed),
+            lambda e, n, loss: bar.update(1),
+        )
+    wm_dir = out / f"{flavour}-world-model"
+    for d in (wm_dir, bundle_dir):
+        if d.exists():
+            shutil.rmtree(d)
+    wm, curve = export_bundle(result.model, QUAD, wm_dir, holdout=holdout, training=result.summary(),
+                              planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE)
+    plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
+    # One graph run a tick (issue 4's fused planner), with the demo's sampling settings.
+    pack_planner_bundle(wm.root, bundle_dir, PlannerGraphConfig(QUAD_PLANNER["samples"], QUAD_PLANNER["horizon"]),
+                        noise_sigma=QUAD_PLANNER["noise_sigma"], temperature=QUAD_PLANNER["temperature"])
+    shutil.rmtree(wm_dir)
+    print(f"   distil a policy from {DISTIL_FLIGHTS} lockstep planner flights")
+    flights = [fly_planner_lockstep(bundle_dir, flavour, cfg.seed * 100 + 50 + i, out / f"{flavour}-distil-{i}")
+               for i in range(DISTIL_FLIGHTS)]
+    policy_cfg = PolicyConfig(lookahead_steps=10, epochs=60, seed=cfg.seed)
+    with _bar(policy_cfg.epochs, f"distil {flavour}", "epoch") as bar:
+        _, distilled = distill_into_bundle(bundle_dir, flights, policy_cfg, lambda e, n, loss: bar.update(1))
+    rmse = ", ".join(f"{k} {v:.2f}" for k, v in distilled.holdout_rmse.items())
+    base = ", ".join(f"{v:.2f}" for v in distilled.holdout_baseline_rmse.values())
+    print(f"   policy holdout RMSE {rmse} m/s (mean-action baseline {base})")
+    return bundle_dir
+
+
+def fly_figure8(bundle: Path, flavour: str, out: Path, sitl_seed: int, laps: float, wind_mps: float | None,
+                lockstep: bool, baseline: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One figure-eight flight of `dreamlink run` in its own process against a new SITL; (summary, tracking)."""
+    from dreamlink.reports import load_ticks, plot_quad_path, quad_summary
+    from dreamlink.runtime.onboard import SUMMARY_NAME
+    from dreamlink.sim.launcher import SitlProcess
+
+    extra = ("--flavour", flavour) + (("--wind-mps", str(wind_mps)) if wind_mps is not None else ())
+    with SitlProcess("quad", lockstep=lockstep, seed=sitl_seed, extra_args=extra) as sitl:
+        cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect",
+               sitl.connect_string, "--autopilot", flavour, "--laps", str(laps), "--out", str(out)]
+        cmd += (["--lockstep"] if lockstep else []) + (["--baseline"] if baseline else [])
+        proc = subprocess.run(cmd, check=False, capture_output=lockstep, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "")[-1500:] if lockstep else ""
+        raise RuntimeError(f"runtime process for {out} failed with exit code {proc.returncode} {tail}")
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    ticks = load_ticks(out / "ticks.npz")
+    tracking = quad_summary(ticks, summary["mission"])
+    plot_quad_path(ticks, summary["mission"], out / "path3d.png",
+                   title=f"{flavour} {'baseline' if baseline else 'planner'}: tracking RMSE "
+                         f"{tracking['tracking_rmse_m']:.2f} m")
+    return summary, tracking
+
+
+def demo_quad(out: Path, cfg: QuadDemoConfig) -> int:
+    """Both flavours: build the bundle, then the real-time pair (or the lockstep seed sweep); print the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    bundles = {flavour: build_quad_bundle(out, flavour, cfg) for flavour in FLAVOURS}
+    if cfg.lockstep_seeds > 0:
+        return _lockstep_seeds(out, bundles, cfg)
+    rows = []
+    for flavour, bundle in bundles.items():
+        for mode in ("planner", "baseline"):
+            print(f"   fly {flavour} {mode}: real time, wind {cfg.wind_mps:g} m/s, {cfg.laps:g} laps")
+            summary, q = fly_figure8(bundle, flavour, out / f"{flavour}-{mode}", cfg.seed + 7, cfg.laps,
+                                     cfg.wind_mps, lockstep=False, baseline=mode == "baseline")
+            rows.append((flavour, mode, q, summary["stats"]))
+    print("\n| autopilot | control | tracking RMSE | max deviation | fence breaches | landed+disarmed | p50/p99 plan "
+          "| overruns | fallbacks |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for flavour, mode, q, st in rows:
+        print(f"| {flavour} | {mode} | {q['tracking_rmse_m']:.2f} m | {q['max_deviation_m']:.2f} m | "
+              f"{q['fence_breaches']} | {q['landed_disarmed']} | {st['plan_latency_p50_ms']:.1f}/"
+              f"{st['plan_latency_p99_ms']:.1f} ms | {st['overruns']} | {sum(st['fallbacks'].values())} |")
+    report = [{"autopilot": f, "control": m, **q, "stats": st} for f, m, q, st in rows]
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"plots: {', '.join(str(out / f'{f}-{m}' / 'path3d.png') for f, m, _, _ in rows)}")
+    ok = all(q["landed_disarmed"] and q["fence_breaches"] == 0 for _, _, q, _ in rows)
+    return 0 if ok else 1
+
+
+def _lockstep_seeds(out: Path, bundles: dict[str, Path], cfg: QuadDemoConfig) -> int:
+    """Every flavour x seed by planning in lockstep, randomised SITL (airframe, wind, noise, latency drawn from
+    the seed); the RMSE table. (The baseline's figures are the real-time demo's.)"""
+    seeds = [1000 + i for i in range(cfg.lockstep_seeds)]
+    rows: list[dict[str, Any]] = []
+    with _bar(len(seeds) * len(bundles), "lockstep flights", "flight") as bar:
+        for flavour, bundle in bundles.items():
+            for seed in seeds:
+                for mode in ("planner",):
+                    where = out / "seeds" / f"{flavour}-{mode}-{seed}"
+                    try:
+                        summary, q = fly_figure8(bundle, flavour, where, seed, cfg.laps, None, lockstep=True,
+                                                 baseline=mode == "baseline")
+                        st = summary["stats"]
+                        rows.append({"autopilot": flavour, "control": mode, "seed": seed, **q,
+                                     "fallbacks": sum(st["fallbacks"].values()), "error": ""})
+                    except Exception as e:  # a broken flight is a row, not the end of the sweep
+                        rows.append({"autopilot": flavour, "control": mode, "seed": seed, "tracking_rmse_m": None,
+                                     "landed_disarmed": False, "fence_breaches": None, "error": str(e)[:300]})
+                    bar.update(1)
+    lines = ["| autopilot | control | seed | tracking RMSE (m) | max deviation (m) | landed+disarmed | fence breaches"
+             " | fallbacks | error |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        rmse = f"{r['tracking_rmse_m']:.3f}" if r["tracking_rmse_m"] is not None else "-"
+        dev = f"{r['max_deviation_m']:.2f}" if r.get("max_deviation_m") is not None else "-"
+        lines.append(f"| {r['autopilot']} | {r['control']} | {r['seed']} | {rmse} | {dev} | {r['landed_disarmed']} | "
+                     f"{r['fence_breaches']} | {r.get('fallbacks', '-')} | {r['error']} |")
+    summary_lines = ["", "| autopilot | control | flights | landed | median RMSE (m) | worst RMSE (m) |",
+                     "| --- | --- | --- | --- | --- | --- |"]
+    for flavour in bundles:
+        for mode in ("planner",):
+            sel = [r for r in rows if r["autopilot"] == flavour and r["control"] == mode]
+            rmses = sorted(r["tracking_rmse_m"] for r in sel if r["tracking_rmse_m"] is not None)
+            med = f"{rmses[len(rmses) // 2]:.3f}" if rmses else "-"
+            worst = f"{rmses[-1]:.3f}" if rmses else "-"
+            landed = sum(bool(r["landed_disarmed"]) for r in sel)
+            summary_lines.append(f"| {flavour} | {mode} | {len(sel)} | {landed} | {med} | {worst} |")
+    text = "\n".join(lines + summary_lines) + "\n"
+    (out / "seeds.md").write_text(text)
+    (out / "seeds.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    print(text)
+    print(f"table: {out / 'seeds.md'}")
+    return 0 if all(r["landed_disarmed"] for r in rows) else 1

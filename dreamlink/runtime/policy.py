@@ -1,0 +1,84 @@
+"""The distilled policy onboard: the planner's first fallback and its sampling prior.
+
+One ONNX Runtime session (`state [B,S]`, `target [B,S]` -> `action [B,A]`). Two uses a tick:
+- `act(state, target)`: one action when the plan failed, overran or was distrusted (the first
+  step of DESIGN.md's fallback chain; a stale state skips it, since it is a function of the state);
+- `prior(...)`: the policy's action sequence over the horizon, evaluated in one batched call along
+  the previous plan's imagined trajectory (where the vehicle is expected to be at each step), so a
+  share of the K samples starts from what the policy would do rather than from the warm start only.
+  Rolling the policy through the world model would cost H sequential model calls; the imagined
+  trajectory is that rollout's nearest free substitute, and it is fresh every tick.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dreamlink.bundle import Bundle, BundleError
+from dreamlink.runtime.session import SessionConfig, make_session
+from dreamlink.spec import VehicleSpec
+
+
+class PolicySession:
+    def __init__(self, path: Path, spec: VehicleSpec, lookahead_steps: int = 0,
+                 config: SessionConfig | None = None) -> None:
+        self.spec, self.lookahead_steps = spec, int(lookahead_steps)
+        self.session = make_session(Path(path), config or SessionConfig())
+        names = {i.name for i in self.session.get_inputs()}
+        self._has_target = "target" in names
+        S = spec.state_dim
+        self._one_state = np.empty((1, S), np.float32)
+        self._one_target = np.empty((1, S), np.float32)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, config: SessionConfig | None = None) -> PolicySession | None:
+        """The bundle's policy, or None when it has none."""
+        if not bundle.has("policy"):
+            return None
+        lookahead = bundle.manifest.training.get("policy_lookahead_steps", 0)
+        if not isinstance(lookahead, int) or lookahead < 0:
+            raise BundleError(f"{bundle.root}: manifest training.policy_lookahead_steps: expected an integer >= 0, "
+                              f"got {json.dumps(lookahead)}")
+        return cls(bundle.path_of("policy"), bundle.spec, lookahead, config)
+
+    def _run(self, state: np.ndarray, target: np.ndarray) -> np.ndarray:
+        feeds = {"state": state}
+        if self._has_target:
+            feeds["target"] = target
+        out: np.ndarray = self.session.run(None, feeds)[0]
+        return out
+
+    def target_at(self, reference: np.ndarray | None, fixed_target: np.ndarray, step: int = 0) -> np.ndarray:
+        """The target the policy was trained to see at horizon step `step`: [S]."""
+        if reference is None:
+            return fixed_target
+        return reference[min(step + self.lookahead_steps, len(reference) - 1)]
+
+    def act(self, state: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """One action [A] for `state` [S] toward `target` [S]."""
+        self._one_state[0] = state
+        self._one_target[0] = target
+        return self._run(self._one_state, self._one_target)[0]
+
+    def prior(self, state: np.ndarray, imagined: np.ndarray | None, reference: np.ndarray | None,
+              fixed_target: np.ndarray, horizon: int) -> np.ndarray:
+        """The policy's actions [H,A] along the expected states: the current `state`, then the previous
+        plan's imagined trajectory shifted by one tick (`imagined` [H+1,S] from the previous tick)."""
+        S = self.spec.state_dim
+        states = np.empty((horizon, S), np.float32)
+        states[0] = state
+        if imagined is not None and np.all(np.isfinite(imagined)):
+            n = min(horizon - 1, imagined.shape[0] - 2)
+            states[1 : n + 1] = imagined[2 : n + 2]
+            states[n + 1 :] = imagined[-1]
+        else:
+            states[1:] = state
+        if reference is None:
+            targets = np.repeat(fixed_target[None].astype(np.float32), horizon, axis=0)
+        else:
+            idx = np.minimum(np.arange(horizon) + self.lookahead_steps, len(reference) - 1)
+            targets = reference[idx].astype(np.float32, copy=False)
+        return self._run(states, targets)
