@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEY_LEN = 32
 SIGNATURE_BLOCK_LEN = 13
@@ -188,6 +189,24 @@ class Verdict(enum.Enum):
     UNSIGNED = "unsigned"  # no signature block (or MAVLink 1, which cannot carry one)
     BAD_SIGNATURE = "bad_signature"  # signature does not match the key
     REPLAYED = "replayed"  # good signature, but not newer than the stream's last frame (or an old stream)
+
+
+def admit_frame(verdict: Verdict, msg_id: int, admission: Admission, counters: Any) -> bool:
+    """Whether a judged frame may be acted on (signed, or unsigned but not a command); counts the outcome on
+    `counters` (`rx_signed`, `rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`). For the SITLs,
+    which check every frame the same way the runtime's link does."""
+    if verdict is Verdict.SIGNED:
+        counters.rx_signed += 1
+        return True
+    if verdict is Verdict.UNSIGNED:
+        if admission.unsigned_ok(msg_id):
+            return True
+        counters.rx_unsigned_rejected += 1
+    elif verdict is Verdict.BAD_SIGNATURE:
+        counters.rx_bad_signature += 1
+    else:
+        counters.rx_replayed += 1
+    return False
 
 
 class Authenticator:

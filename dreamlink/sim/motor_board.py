@@ -76,6 +76,7 @@ from dreamlink.firmware_bridge.security import (
     SigningKey,
     SigningKeyError,
     Verdict,
+    admit_frame,
     command_message_ids,
     load_signing_key,
     signing_timestamp,
@@ -304,17 +305,8 @@ class MotorBoard:
 
     def _authentic(self, msg: Any) -> bool:
         verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
-        if verdict is Verdict.SIGNED:
-            self.counters.rx_signed += 1
+        if admit_frame(verdict, msg.get_msgId(), self._admission, self.counters):
             return True
-        if verdict is Verdict.UNSIGNED:
-            if self._admission.unsigned_ok(msg.get_msgId()):
-                return True
-            self.counters.rx_unsigned_rejected += 1
-        elif verdict is Verdict.BAD_SIGNATURE:
-            self.counters.rx_bad_signature += 1
-        else:
-            self.counters.rx_replayed += 1
         self._bad_log.warning("dropped %s %s from %d/%d (rejected so far: %d unsigned, %d bad signature, %d replayed)",
                               verdict.value, msg.get_type(), msg.get_srcSystem(), msg.get_srcComponent(),
                               self.counters.rx_unsigned_rejected, self.counters.rx_bad_signature,

@@ -62,6 +62,7 @@ from dreamlink.firmware_bridge.security import (
     Authenticator,
     SigningKey,
     Verdict,
+    admit_frame,
     command_message_ids,
     signing_timestamp,
 )
@@ -446,17 +447,8 @@ class MavlinkFace:
 
     def _authentic(self, msg: Any) -> bool:
         verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
-        if verdict is Verdict.SIGNED:
-            self.counters.rx_signed += 1
+        if admit_frame(verdict, msg.get_msgId(), self._admission, self.counters):
             return True
-        if verdict is Verdict.UNSIGNED:
-            if self._admission.unsigned_ok(msg.get_msgId()):
-                return True
-            self.counters.rx_unsigned_rejected += 1
-        elif verdict is Verdict.BAD_SIGNATURE:
-            self.counters.rx_bad_signature += 1
-        else:
-            self.counters.rx_replayed += 1
         now = time.monotonic()
         if now - self._last_bad_warning > 5.0:
             self._last_bad_warning = now
