@@ -84,7 +84,8 @@ def test_a_torn_last_record_is_the_only_one_lost(tmp_path):
 @pytest.mark.sitl
 def test_spoofed_commands_are_rejected_on_both_ends_and_the_flight_lands(tmp_path):
     bundle = quad_linear_bundle(tmp_path)
-    row = FaultRow("spoofed commands", "unsigned + bad key", spoof=True, ticks=100, altitude_m=2.0)
+    # long enough that the spoofer's burst (0.1 s after arming) lands while the runtime still listens
+    row = FaultRow("spoofed commands", "unsigned + bad key", spoof=True, ticks=500, altitude_m=2.0)
     report = fly_row(row, {"trained": bundle}, tmp_path / "matrix", seed=3)
     assert report.safe and report.outcome == "landed", report
     rejected = report.detail["link_rejected"]
