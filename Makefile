@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/dreamlink demo cartpole --seed $(SEED)
-	@echo "next: make demo-quad (the quadrotor, both autopilot flavours, about 15 min)"
+	@echo "next: make demo-quad (the quadrotor, both autopilot flavours, about 6 min)"
 
 lint: venv
 	$(BIN)/ruff check dreamlink tests bench
