@@ -32,6 +32,8 @@ class PolicySession:
         S = spec.state_dim
         self._one_state = np.empty((1, S), np.float32)
         self._one_target = np.empty((1, S), np.float32)
+        self._states = np.empty((0, S), np.float32)  # the prior's inputs, sized on first use
+        self._targets = np.empty((0, S), np.float32)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, config: SessionConfig | None = None) -> PolicySession | None:
@@ -67,8 +69,10 @@ class PolicySession:
               fixed_target: np.ndarray, horizon: int) -> np.ndarray:
         """The policy's actions [H,A] along the expected states: the current `state`, then the previous
         plan's imagined trajectory shifted by one tick (`imagined` [H+1,S] from the previous tick)."""
-        S = self.spec.state_dim
-        states = np.empty((horizon, S), np.float32)
+        if self._states.shape[0] != horizon:
+            self._states = np.empty((horizon, self.spec.state_dim), np.float32)
+            self._targets = np.empty((horizon, self.spec.state_dim), np.float32)
+        states, targets = self._states, self._targets
         states[0] = state
         if imagined is not None and np.all(np.isfinite(imagined)):
             n = min(horizon - 1, imagined.shape[0] - 2)
@@ -77,8 +81,10 @@ class PolicySession:
         else:
             states[1:] = state
         if reference is None:
-            targets = np.repeat(fixed_target[None].astype(np.float32), horizon, axis=0)
+            targets[:] = fixed_target
         else:
-            idx = np.minimum(np.arange(horizon) + self.lookahead_steps, len(reference) - 1)
-            targets = reference[idx].astype(np.float32, copy=False)
+            last = len(reference) - 1
+            n = max(0, min(horizon, last - self.lookahead_steps + 1))  # steps whose target is inside the window
+            targets[:n] = reference[self.lookahead_steps : self.lookahead_steps + n]
+            targets[n:] = reference[last]
         return self._run(states, targets)

@@ -100,10 +100,15 @@ class ArduCopterAutopilot(Autopilot):
 
     @property
     def limits(self) -> GuidanceLimits:  # type: ignore[override]
+        """From the parameters, rebuilt only after a PARAM_SET (read at the physics rate)."""
         p = self.params
-        return GuidanceLimits(accel_xy_mps2=p["WP_ACC"], jerk_xy_mps3=p["PSC_JERK_NE"], accel_z_mps2=p["WP_ACC_Z"],
-                              cruise_mps=p["WP_SPD"], climb_mps=p["WP_SPD_UP"], descend_mps=p["WP_SPD_DN"],
-                              land_mps=0.5, land_slow_below_m=10.0)
+        if self._limits_at != p.sets:
+            self._limits = GuidanceLimits(
+                accel_xy_mps2=p["WP_ACC"], jerk_xy_mps3=p["PSC_JERK_NE"], accel_z_mps2=p["WP_ACC_Z"],
+                cruise_mps=p["WP_SPD"], climb_mps=p["WP_SPD_UP"], descend_mps=p["WP_SPD_DN"], land_mps=0.5,
+                land_slow_below_m=10.0)
+            self._limits_at = p.sets
+        return self._limits
     vtol_state = 3  # MAV_VTOL_STATE_MC, as ArduCopter reports it
     rtl_alt_m = 15.0  # RTL_ALT_M
     rtl_loiter_time_s = 5.0  # RTL_LOIT_TIME
@@ -111,6 +116,7 @@ class ArduCopterAutopilot(Autopilot):
     def __init__(self, config: AutopilotConfig) -> None:
         super().__init__(config)
         self.params = ParamTable(self.PARAM_DEFAULTS)
+        self._limits_at = -1
         self.mode = int(CopterMode.STABILIZE)
         self._client_pos = np.zeros(3)
         self._client_vel = np.zeros(3)
