@@ -82,7 +82,7 @@ from dreamlink.firmware_bridge.security import (
     signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
-from dreamlink.sim.mavlink_udp import drain, mavlink, new_parser, udp_address
+from dreamlink.sim.mavlink_udp import admitted_frames, drain, mavlink, new_parser, udp_address
 
 log = logging.getLogger(__name__)
 
@@ -276,27 +276,9 @@ class MotorBoard:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped)."""
-        bad, reason = 0, ""
-        try:
-            messages = self._parser.parse_buffer(datagram) or []
-            if self._parser.buf_len() > 0:  # a frame cut short: datagrams never continue
-                bad, reason = bad + 1, "truncated frame at datagram end"
-                self._parser = new_parser()
-        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
-            messages, bad, reason = [], bad + 1, f"parser error: {exc}"
-            self._parser = new_parser()
-        for msg in messages:
-            msg_type = msg.get_type()
-            if msg_type == "BAD_DATA":
-                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
-                continue
-            if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
-                self.counters.rx_unknown += 1
-                continue
-            if self._auth is not None and not self._authentic(msg):
-                continue
-            self.counters.rx_frames += 1
-            self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
+        frames, bad, reason, self._parser = admitted_frames(
+            self._parser, datagram, self.counters, self._authentic if self._auth is not None else None)
+        for msg_type, msg in frames:
             self._dispatch(msg_type, msg)
         if bad:
             self.counters.rx_bad += bad

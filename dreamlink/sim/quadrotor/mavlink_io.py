@@ -66,7 +66,7 @@ from dreamlink.firmware_bridge.security import (
     command_message_ids,
     signing_timestamp,
 )
-from dreamlink.sim.mavlink_udp import mavlink, new_parser
+from dreamlink.sim.mavlink_udp import admitted_frames, mavlink, new_parser
 from dreamlink.sim.quadrotor.autopilot import (
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_DENIED,
@@ -413,27 +413,9 @@ class MavlinkFace:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped and counted)."""
-        bad, reason = 0, ""
-        try:
-            messages = self._parser.parse_buffer(datagram) or []
-            if self._parser.buf_len() > 0:
-                bad, reason = 1, "truncated frame at datagram end"
-                self._parser = new_parser()
-        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
-            messages, bad, reason = [], 1, f"parser error: {exc}"
-            self._parser = new_parser()
-        for msg in messages:
-            msg_type = msg.get_type()
-            if msg_type == "BAD_DATA":
-                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
-                continue
-            if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
-                self.counters.rx_unknown += 1
-                continue
-            if self._auth is not None and not self._authentic(msg):
-                continue
-            self.counters.rx_frames += 1
-            self.counters.rx_by_type[msg_type] = self.counters.rx_by_type.get(msg_type, 0) + 1
+        frames, bad, reason, self._parser = admitted_frames(
+            self._parser, datagram, self.counters, self._authentic if self._auth is not None else None)
+        for msg_type, msg in frames:
             try:
                 self._dispatch(msg_type, msg)
             except (ValueError, TypeError, OverflowError) as exc:  # a well-formed frame with absurd values
