@@ -13,16 +13,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dreamlink.bundle import Bundle, load_bundle
+from dreamlink.campaign.collect import cartpole_random_force_transitions
 from dreamlink.export.pack import pack_bundle
 from dreamlink.export.planner_graph import PlannerGraphConfig, matmul_flops, pack_planner_bundle
 from dreamlink.learning.train import TrainConfig, train_world_model
-from dreamlink.learning.transitions import TransitionSet
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
-from dreamlink.sim.cartpole_physics import CartpoleParams, step
 from dreamlink.spec import CARTPOLE
 
 log = logging.getLogger(__name__)
@@ -32,31 +30,8 @@ ENSEMBLE = 5
 LAYERS = 2
 
 
-def cartpole_transitions(episodes: int, length: int, seed: int) -> TransitionSet:
-    """Random-force episodes from near-upright starts, all episodes stepped at once."""
-    rng = np.random.default_rng(seed)
-    params = CartpoleParams()
-    dt = SPEC.control_period_s
-    x = np.stack([rng.uniform(-1.0, 1.0, episodes), rng.uniform(-0.5, 0.5, episodes),
-                  rng.uniform(-0.3, 0.3, episodes), rng.uniform(-1.0, 1.0, episodes)], axis=-1)
-    states, actions, nexts, ids = [], [], [], []
-    force = rng.uniform(-10.0, 10.0, episodes)
-    for t in range(length):
-        if t % 5 == 0:  # hold each random force for 5 periods: richer motions than white noise
-            force = rng.uniform(-10.0, 10.0, episodes)
-        nxt = step(x, force, dt, params)
-        states.append(x)
-        actions.append(force[:, None])
-        nexts.append(nxt)
-        ids.append(np.arange(episodes))
-        x = nxt
-    order = np.argsort(np.concatenate(ids), kind="stable")  # rows of one episode together, in time order
-    return TransitionSet(SPEC, np.concatenate(states)[order], np.concatenate(actions)[order],
-                         np.concatenate(nexts)[order], np.concatenate(ids)[order])
-
-
 def train_model(hidden: int, epochs: int, seed: int = 0) -> tuple[EnsembleWorldModel, dict[str, float]]:
-    data = cartpole_transitions(episodes=200, length=60, seed=seed)
+    data = cartpole_random_force_transitions(episodes=200, length=60, seed=seed)
     result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=LAYERS, ensemble_size=ENSEMBLE),
                                TrainConfig(epochs=epochs, seed=seed, threads=2))
     model = result.model.eval()

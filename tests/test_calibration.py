@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx_models import linear_world_model
-from test_quantize import cartpole_transitions, train_bundle
+from test_quantize import train_bundle
 
 from dreamlink.bundle import BundleError, load_bundle, write_bundle
 from dreamlink.calibration.accuracy import measure_accuracy
 from dreamlink.calibration.budget import SweepConfig, SweepPoint, fit_budget
 from dreamlink.calibration.calibrate import CalibrateConfig, calibrate
 from dreamlink.calibration.horizon import AcceptTolerance, judge_precisions
+from dreamlink.campaign.collect import cartpole_random_force_transitions
 from dreamlink.deploy.budget import judge_budget
 from dreamlink.runtime.budget import check_rate, recorded_budget
 from dreamlink.spec import CARTPOLE
@@ -25,9 +26,9 @@ TINY_SWEEP = SweepConfig(samples=(8, 16), horizons=(4,), steps=3, warmup=1)
 
 
 def test_a_model_trained_on_a_tenth_of_the_data_gets_a_shorter_horizon(tmp_path: Path) -> None:
-    full = cartpole_transitions(100, 40, seed=0)
+    full = cartpole_random_force_transitions(100, 40, seed=0)
     tenth = full.subset(np.flatnonzero(full.episode < 10))
-    holdout = cartpole_transitions(10, 40, seed=99)
+    holdout = cartpole_random_force_transitions(10, 40, seed=99)
     tol = AcceptTolerance(kstep_tolerance=0.1)
     horizons = {}
     for name, data in (("full", full), ("tenth", tenth)):
@@ -41,7 +42,8 @@ def test_a_model_trained_on_a_tenth_of_the_data_gets_a_shorter_horizon(tmp_path:
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("calib")
-    train, holdout = cartpole_transitions(60, 40, seed=0), cartpole_transitions(8, 40, seed=99)
+    train = cartpole_random_force_transitions(60, 40, seed=0)
+    holdout = cartpole_random_force_transitions(8, 40, seed=99)
     train.save(tmp / "train.npz")
     holdout.save(tmp / "holdout.npz")
     return train_bundle(tmp / "bundle", train), tmp / "train.npz", tmp / "holdout.npz"

@@ -17,31 +17,9 @@ from onnx import numpy_helper
 from dreamlink.calibration.accuracy import one_step_error, predictor
 from dreamlink.calibration.quantize import QuantizeConfig, matmul_nodes, quantize_world_model
 from dreamlink.calibration.reader import TransitionReader, load_transitions
+from dreamlink.campaign.collect import cartpole_random_force_transitions
 from dreamlink.learning.transitions import TransitionSet
-from dreamlink.sim.cartpole_physics import CartpoleParams, step
 from dreamlink.spec import CARTPOLE, QUAD
-
-
-def cartpole_transitions(episodes: int, length: int, seed: int) -> TransitionSet:
-    """Random-force episodes from near-upright starts (each force held 5 periods)."""
-    rng = np.random.default_rng(seed)
-    params, dt = CartpoleParams(), CARTPOLE.control_period_s
-    x = np.stack([rng.uniform(-1, 1, episodes), rng.uniform(-0.5, 0.5, episodes), rng.uniform(-0.3, 0.3, episodes),
-                  rng.uniform(-1, 1, episodes)], axis=-1)
-    states, actions, nexts, ids = [], [], [], []
-    force = rng.uniform(-10, 10, episodes)
-    for t in range(length):
-        if t % 5 == 0:
-            force = rng.uniform(-10, 10, episodes)
-        nxt = step(x, force, dt, params)
-        states.append(x)
-        actions.append(force[:, None])
-        nexts.append(nxt)
-        ids.append(np.arange(episodes))
-        x = nxt
-    order = np.argsort(np.concatenate(ids), kind="stable")
-    return TransitionSet(CARTPOLE, *(np.concatenate(a)[order].astype(np.float32) for a in (states, actions, nexts)),
-                         np.concatenate(ids)[order])
 
 
 def train_bundle(path: Path, data: TransitionSet, hidden: int = 32, epochs: int = 10) -> Path:
@@ -62,8 +40,8 @@ def train_bundle(path: Path, data: TransitionSet, hidden: int = 32, epochs: int 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TransitionSet, TransitionSet]:
-    train = cartpole_transitions(60, 40, seed=0)
-    holdout = cartpole_transitions(8, 40, seed=99)
+    train = cartpole_random_force_transitions(60, 40, seed=0)
+    holdout = cartpole_random_force_transitions(8, 40, seed=99)
     root = train_bundle(tmp_path_factory.mktemp("quant") / "bundle", train)
     return root / "world_model.onnx", train, holdout
 
@@ -105,7 +83,7 @@ def test_calibration_reader_feeds_static_quantization(model, tmp_path: Path) -> 
     assert calls and ops["QuantizeLinear"] == 3 and ops["MatMul"] == 3  # inputs quantized, outputs left float
     # the ranges are the data's: a reader over other data gives other scales
     other = quantize_world_model(src, tmp_path / "other.onnx", QuantizeConfig("int8_static", "minmax"),
-                                 lambda: TransitionReader(cartpole_transitions(5, 10, seed=5).subset(
+                                 lambda: TransitionReader(cartpole_random_force_transitions(5, 10, seed=5).subset(
                                      np.arange(20)), batch=20, random_action_share=0.0))
     assert _scales(out) != _scales(other)
     # ORT turns each quantized MatMul into an integer MatMul with a float output
@@ -158,6 +136,6 @@ def test_static_without_data_and_bad_sources_are_refused(model, tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match=r"missing\.tlog"):
         load_transitions([tmp_path / "missing.tlog"], CARTPOLE)
     sets = tmp_path / "cartpole.npz"
-    cartpole_transitions(2, 10, seed=1).save(sets)
+    cartpole_random_force_transitions(2, 10, seed=1).save(sets)
     with pytest.raises(ValueError, match="the bundle is 'quad'"):
         load_transitions([sets], QUAD)

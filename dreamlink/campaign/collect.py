@@ -18,7 +18,8 @@ from dreamlink.campaign.excitation import ExcitationConfig, VelocityExcitation
 from dreamlink.firmware_bridge.autopilot import AutopilotProfile
 from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
 from dreamlink.learning.transitions import TransitionSet
-from dreamlink.spec import VehicleSpec
+from dreamlink.sim.cartpole_physics import CartpoleParams, step
+from dreamlink.spec import CARTPOLE, VehicleSpec
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +180,27 @@ def collect_quad(
         episode=np.zeros(n, np.int64),
         meta={"source": "sitl-lockstep", "seed": config.seed, **(meta or {})},
     )
+
+
+def cartpole_random_force_transitions(episodes: int, length: int, seed: int) -> TransitionSet:
+    """Random-force episodes from near-upright starts, stepped with the SITL's own physics (no process, no
+    sockets): data for benchmarks and tests that need a learnable model in seconds. Each force is held 5 periods."""
+    rng = np.random.default_rng(seed)
+    params = CartpoleParams()
+    dt = CARTPOLE.control_period_s
+    x = np.stack([rng.uniform(-1.0, 1.0, episodes), rng.uniform(-0.5, 0.5, episodes),
+                  rng.uniform(-0.3, 0.3, episodes), rng.uniform(-1.0, 1.0, episodes)], axis=-1)
+    states, actions, nexts, ids = [], [], [], []
+    force = rng.uniform(-10.0, 10.0, episodes)
+    for t in range(length):
+        if t % 5 == 0:  # hold each random force for 5 periods: richer motions than white noise
+            force = rng.uniform(-10.0, 10.0, episodes)
+        nxt = step(x, force, dt, params)
+        states.append(x)
+        actions.append(force[:, None])
+        nexts.append(nxt)
+        ids.append(np.arange(episodes))
+        x = nxt
+    order = np.argsort(np.concatenate(ids), kind="stable")  # rows of one episode together, in time order
+    return TransitionSet(CARTPOLE, np.concatenate(states)[order], np.concatenate(actions)[order],
+                         np.concatenate(nexts)[order], np.concatenate(ids)[order])
