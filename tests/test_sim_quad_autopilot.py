@@ -52,6 +52,15 @@ class Flight:
                                         self.v.state)
             self.v.advance_frame()
 
+    def in_guided_at(self, altitude_m: float) -> Flight:
+        """ArduPilot: estimator ready, GUIDED, armed, NAV_TAKEOFF to `altitude_m` and settled there."""
+        self.run(1.1)
+        self.cmd(176, 1, CopterMode.GUIDED)
+        self.cmd(400, 1)
+        self.cmd(22, *([0.0] * 6), altitude_m)
+        self.run(6.0)
+        return self
+
     def texts(self) -> list[str]:
         return [t for _, t in self.ap.take_texts()]
 
@@ -93,12 +102,7 @@ def test_ardupilot_setpoints_do_not_lift_a_landed_vehicle_but_takeoff_does() -> 
 
 
 def test_ardupilot_guided_velocity_times_out_into_a_hold_but_position_does_not() -> None:
-    f = Flight("ardupilot")
-    f.run(1.1)
-    f.cmd(176, 1, CopterMode.GUIDED)
-    f.cmd(400, 1)
-    f.cmd(22, *([0.0] * 6), 5.0)
-    f.run(6.0)
+    f = Flight("ardupilot").in_guided_at(5.0)
     f.run(4.0, velocity=(2.0, 0.0, 0.0))
     assert f.v.state.vel_ned_mps[0] == pytest.approx(2.0, abs=0.15)
     f.run(2.5)  # within GUID_TIMEOUT the last velocity is still flown
@@ -115,12 +119,7 @@ def test_ardupilot_guided_velocity_times_out_into_a_hold_but_position_does_not()
 
 
 def test_ardupilot_ignores_setpoints_outside_guided_and_stops_on_invalid_ones() -> None:
-    f = Flight("ardupilot")
-    f.run(1.1)
-    f.cmd(176, 1, CopterMode.GUIDED)
-    f.cmd(400, 1)
-    f.cmd(22, *([0.0] * 6), 5.0)
-    f.run(6.0)
+    f = Flight("ardupilot").in_guided_at(5.0)
     f.run(2.0, velocity=(1.5, 0.0, 0.0))
     f.ap.position_target(VEL_YAW, 1, (0, 0, 0), (math.nan, 0.0, 0.0), (0, 0, 0), 0.0, 0.0, f.v.time_s, f.v.state)
     assert f.ap.counters.setpoints_invalid == 1 and f.ap.task.kind == "hold"
@@ -132,12 +131,7 @@ def test_ardupilot_ignores_setpoints_outside_guided_and_stops_on_invalid_ones() 
 
 
 def test_ardupilot_land_disarms_at_touchdown_and_rtl_comes_home() -> None:
-    f = Flight("ardupilot")
-    f.run(1.1)
-    f.cmd(176, 1, CopterMode.GUIDED)
-    f.cmd(400, 1)
-    f.cmd(22, *([0.0] * 6), 5.0)
-    f.run(6.0)
+    f = Flight("ardupilot").in_guided_at(5.0)
     f.run(4.0, velocity=(3.0, 0.0, 0.0))
     assert f.cmd(20) == [MAV_RESULT_ACCEPTED] and f.ap.mode == CopterMode.RTL
     f.run(12.0)
