@@ -18,7 +18,7 @@ import torch
 from dreamlink.bundle import Bundle, load_bundle
 from dreamlink.campaign.collect import cartpole_random_force_transitions
 from dreamlink.export.pack import pack_bundle
-from dreamlink.export.planner_graph import PlannerGraphConfig, matmul_flops, pack_planner_bundle
+from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
 from dreamlink.learning.train import TrainConfig, train_world_model
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.spec import CARTPOLE
@@ -30,9 +30,10 @@ ENSEMBLE = 5
 LAYERS = 2
 
 
-def train_model(hidden: int, epochs: int, seed: int = 0) -> tuple[EnsembleWorldModel, dict[str, float]]:
+def train_model(hidden: int, epochs: int, seed: int = 0, layers: int = LAYERS) -> tuple[EnsembleWorldModel,
+                                                                                      dict[str, float]]:
     data = cartpole_random_force_transitions(episodes=200, length=60, seed=seed)
-    result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=LAYERS, ensemble_size=ENSEMBLE),
+    result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ENSEMBLE),
                                TrainConfig(epochs=epochs, seed=seed, threads=2))
     model = result.model.eval()
     return model, result.holdout_one_step_rmse
@@ -46,13 +47,18 @@ class BenchModel:
     holdout_rmse: dict[str, float]
 
     def flops_per_step(self, samples: int, horizon: int) -> int:
-        """Matmul FLOPs of one planning step: the world model on K rows, H times."""
-        return matmul_flops(self.bundle.path_of("world_model"), samples) * horizon
+        """Matmul FLOPs of one planning step: the world model on K rows, H times.
+
+        Counted from the torch model's weights (2 per multiply-add, biases and activations not
+        counted), so every planner is measured against the same work whatever its graph layout.
+        """
+        macs = sum(int(w.numel()) for w in self.torch_model.weights)  # E x in x out per layer
+        return 2 * samples * macs * horizon
 
 
-def build_model(hidden: int, out: Path, epochs: int) -> BenchModel:
+def build_model(hidden: int, out: Path, epochs: int, layers: int = LAYERS) -> BenchModel:
     torch.manual_seed(0)
-    model, rmse = train_model(hidden, epochs)
+    model, rmse = train_model(hidden, epochs, layers=layers)
     bundle, _ = pack_bundle(out / f"h{hidden}", SPEC, model, training={"holdout_one_step_rmse": rmse})
     return BenchModel(hidden, model, bundle, rmse)
 

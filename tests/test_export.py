@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -124,3 +125,36 @@ def test_dynamo_exporter_keeps_the_contract(tmp_path):
     assert not (tmp_path / "dyn.onnx.data").exists()  # weights embedded: a bundle carries one file
     check_onnx_contract(path, "world_model", CARTPOLE, ensemble_size=5)
     assert check_parity(model, path, CARTPOLE).ok
+
+
+@pytest.mark.parametrize(("activation", "E", "ignore"), [("silu", 5, ()), ("relu", 1, ()), ("tanh", 3, ("cart_pos_m",)),
+                                                          ("gelu", 2, ("pole_rate_radps",))])
+def test_per_member_layout_keeps_the_function(tmp_path, activation: str, E: int, ignore: tuple[str, ...]):
+    """dreamlink's own ensemble is written per member (2-D weights, normalisation folded into layer 0, bias on a
+    ones column, transposed output layer); whatever the activation, member count or masked inputs, it computes
+    what torch does, and the literal torch.onnx graph of the same module agrees with it."""
+    torch.manual_seed(2)
+    model = EnsembleWorldModel(CARTPOLE, WorldModelConfig(hidden=24, ensemble_size=E, activation=activation,
+                                                          ignore_inputs=ignore))
+    rng = np.random.default_rng(1)
+    model.set_normalisation(rng.normal(0.5, 2.0, (300, 4)), rng.normal(1.0, 4.0, (300, 1)),
+                            rng.normal(0.0, 0.3, (300, 4)))
+    path = export_world_model(model, CARTPOLE, tmp_path / "members.onnx")
+    assert check_parity(model, path, CARTPOLE, atol=ATOL, rtol=RTOL).ok
+    graph = onnx.load(str(path)).graph
+    assert all(len(init.dims) <= 2 for init in graph.initializer)  # no batched [E,in,out] weights
+    assert sum(n.op_type == "Gemm" for n in graph.node) == E  # the output layers, transposed
+    assert read_metadata(path)["dreamlink.exporter"].startswith("dreamlink per-member")
+    check_onnx_contract(path, "world_model", CARTPOLE, ensemble_size=E)
+    literal = export_world_model(model, CARTPOLE, tmp_path / "literal.onnx", literal=True)
+    state, action = (rng.uniform(-2, 2, (64, 4)).astype(np.float32), rng.uniform(-10, 10, (64, 1)).astype(np.float32))
+    a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"state": state,
+                                                                                        "action": action})[0]
+            for p in (path, literal))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    if ignore:  # a masked input changes nothing
+        moved = state.copy()
+        moved[:, CARTPOLE.state_names.index(ignore[0])] += 3.0
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"state": moved, "action": action})[0]
+        np.testing.assert_allclose(out - moved, a - state, rtol=1e-4, atol=1e-4)

@@ -242,7 +242,8 @@ def test_set_task_moves_the_target_without_rebuilding(linear_model: Path, tmp_pa
 def test_matmul_flops_counts_the_ensemble_layers(dreamlink_model: tuple[Path, EnsembleWorldModel]) -> None:
     wm, _ = dreamlink_model
     E, hidden, S, A = 3, 32, 4, 1
-    expected = 2 * 10 * E * ((S + A) * hidden + hidden * hidden + hidden * S)
+    # dreamlink's per-member layout carries layer 0's bias as a weight row on a ones column: +1 input
+    expected = 2 * 10 * E * ((S + A + 1) * hidden + hidden * hidden + hidden * S)
     assert matmul_flops(wm, batch=10) == expected
 
 

@@ -15,9 +15,10 @@ import pytest
 from onnx import numpy_helper
 
 from dreamlink.calibration.accuracy import one_step_error, predictor
-from dreamlink.calibration.quantize import QuantizeConfig, matmul_nodes, quantize_world_model
+from dreamlink.calibration.quantize import QuantizeConfig, matmul_groups, matmul_nodes, quantize_world_model
 from dreamlink.calibration.reader import TransitionReader, load_transitions
 from dreamlink.campaign.collect import cartpole_random_force_transitions
+from dreamlink.export.planner_graph import optimize_offline
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.spec import CARTPOLE, QUAD
 
@@ -80,18 +81,25 @@ def test_calibration_reader_feeds_static_quantization(model, tmp_path: Path) -> 
 
     out = quantize_world_model(src, tmp_path / "int8.onnx", QuantizeConfig("int8_static", "minmax"), factory)
     ops = Counter(n.op_type for n in onnx.load(str(out)).graph.node)
-    assert calls and ops["QuantizeLinear"] == 3 and ops["MatMul"] == 3  # inputs quantized, outputs left float
+    # dreamlink's per-member layout, 3 members: each member's two hidden MatMuls quantized (the members share
+    # the first one's input, so 1 + 3 activation QuantizeLinears); the transposed output Gemm stays float;
+    # outputs left float
+    assert calls and ops["QuantizeLinear"] == 1 + 3 and ops["MatMul"] == 2 * 3 and ops["Gemm"] == 3
     # the ranges are the data's: a reader over other data gives other scales
     other = quantize_world_model(src, tmp_path / "other.onnx", QuantizeConfig("int8_static", "minmax"),
                                  lambda: TransitionReader(cartpole_random_force_transitions(5, 10, seed=5).subset(
                                      np.arange(20)), batch=20, random_action_share=0.0))
     assert _scales(out) != _scales(other)
-    # ORT turns each quantized MatMul into an integer MatMul with a float output
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    # ORT turns each quantized MatMul into an integer MatMul with a float output, once its MatMul+Add -> Gemm
+    # fusion is kept off (it would run first and leave a float Gemm on dequantized weights)
+    optimize_offline(out, tmp_path / "opt.onnx")
     fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-    assert fused["MatMulIntegerToFloat"] == 3 and fused["QLinearMatMul"] == 0
+    assert fused["MatMulIntegerToFloat"] == 2 * 3 and fused["QLinearMatMul"] == 0 and fused["Gemm"] == 3
+    unguarded = ort.SessionOptions()
+    unguarded.optimized_model_filepath = str(tmp_path / "unguarded.onnx")
+    ort.InferenceSession(str(out), unguarded, providers=["CPUExecutionProvider"])
+    unguarded_ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "unguarded.onnx")).graph.node)
+    assert unguarded_ops["MatMulIntegerToFloat"] == 3
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["dreamlink.precision"] == "int8_static_minmax" and "dreamlink.spec" in meta
     fp32, int8 = one_step_error(predictor(src), holdout), one_step_error(predictor(out), holdout)
@@ -118,7 +126,9 @@ def test_keep_float_leaves_the_named_matmul_in_fp32(model, tmp_path: Path) -> No
     producers = {o: n.op_type for n in g.node for o in n.output}
     kept = next(n for n in g.node if n.name == last)
     assert all(producers.get(i) != "DequantizeLinear" for i in kept.input)
-    assert sum(n.op_type == "QuantizeLinear" for n in g.node) == 2
+    assert sum(n.op_type == "QuantizeLinear" for n in g.node) == 1 + 3 - 1  # its input is no longer quantized
+    # the calibration's fallback keeps a layer of every member in float at once
+    assert matmul_groups(src) == [tuple(f"m{e}/mm{layer}" for e in range(3)) for layer in (0, 1)]
     with pytest.raises(ValueError, match="not MatMul nodes"):
         quantize_world_model(src, tmp_path / "bad.onnx", QuantizeConfig("int8_static", keep_float=("nope",)),
                              lambda: TransitionReader(train))

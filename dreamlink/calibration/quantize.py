@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,9 +79,20 @@ class QuantizeConfig:
 
 
 def matmul_nodes(world_model: str | os.PathLike[str]) -> list[str]:
-    """Names of the world model's MatMul/Gemm nodes, input to output: the candidates to keep in float."""
+    """Names of the world model's MatMul nodes, in graph order: what int8 quantizes, and so the candidates
+    to keep in float. (Gemm nodes are not quantized: in dreamlink's export that is the output layer.)"""
     g = onnx.load(str(world_model), load_external_data=False).graph
-    return [n.name for n in g.node if n.op_type in ("MatMul", "Gemm")]
+    return [n.name for n in g.node if n.op_type == "MatMul"]
+
+
+def matmul_groups(world_model: str | os.PathLike[str]) -> list[tuple[str, ...]]:
+    """The MatMuls as units to keep in float together: one layer of every member in dreamlink's per-member
+    export (nodes `m<e>/<layer>`), otherwise each node alone; in graph order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for name in matmul_nodes(world_model):
+        match = re.fullmatch(r"m\d+/(.+)", name)
+        groups.setdefault(match.group(1) if match else name, []).append(name)
+    return [tuple(names) for names in groups.values()]
 
 
 def quantize_world_model(

@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 import dreamlink
+from dreamlink.export.ensemble_onnx import write_ensemble
+from dreamlink.learning.world_model import EnsembleWorldModel
 from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -222,17 +224,23 @@ def export_world_model(
     ensemble_size: int | None = None,
     *,
     dynamo: bool = False,
+    literal: bool = False,
 ) -> Path:
     """Export any module with forward(state [B,S], action [B,A]) -> [B,S] or [E,B,S] to ONNX at `path`.
 
     E is found from a trial forward pass (checked against `ensemble_size` if given); an output
     [1,B,S] is exported as [B,S] with ensemble size 1, the bundle's contract for one model.
+    dreamlink's own `EnsembleWorldModel` is written by `export.ensemble_onnx` in the layout ORT's
+    CPU kernels run fastest, unless `literal` (or `dynamo`) asks for torch.onnx's literal graph.
     """
     _check_float32(module)
     with _eval_mode(module):
         E, member_axis = _trial_world_model(module, spec)
         if ensemble_size is not None and ensemble_size != E:
             raise ExportError(f"ensemble_size={ensemble_size} given, but the module returns {E} member(s)")
+        if isinstance(module, EnsembleWorldModel) and not (literal or dynamo):
+            log.info("writing %s in the per-member layout", Path(path).name)
+            return write_ensemble(module, Path(path), _metadata(spec, "world_model", E), opset)
         s, a = (torch.from_numpy(x) for x in random_inputs(spec, 2, seed=0))
         wrapper = _WorldModelIO(module, squeeze_member=(E == 1 and member_axis))
         return _export(

@@ -52,7 +52,8 @@ def pack_bundle(
     """
     with tempfile.TemporaryDirectory(prefix="dreamlink-export-") as tmp:
         wm_path = export_world_model(world_model, spec, Path(tmp) / "world_model.onnx", opset=opset)
-        ensemble_size = int(read_metadata(wm_path)["dreamlink.ensemble_size"])
+        wm_meta = read_metadata(wm_path)
+        ensemble_size = int(wm_meta["dreamlink.ensemble_size"])
         wm_parity = _gate(world_model, wm_path, spec, "world model")
         files = {"world_model": (wm_path, {"precision": "fp32", "opset": opset, "ensemble_size": ensemble_size})}
         sections: dict[str, Any] = {"world_model_parity": asdict(wm_parity)}
@@ -64,7 +65,8 @@ def pack_bundle(
             out_dir,
             spec,
             files,
-            training={**_jsonable(dict(training or {}), "training"), "exporter": EXPORTER, **sections},
+            training={**_jsonable(dict(training or {}), "training"),
+                      "exporter": wm_meta.get("dreamlink.exporter", EXPORTER), **sections},
             calibration=_jsonable(dict(calibration or {}), "calibration"),
             versions=library_versions(),
         )

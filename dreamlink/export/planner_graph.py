@@ -315,7 +315,11 @@ def compose_planner(
         b.inits.append(t)
 
     def step(x: str, u: str, tag: str, out_nodes: list[NodeProto]) -> tuple[str, str]:
-        """One world-model step inside `out_nodes`: (mean next state [K,S], spread [K,1])."""
+        """One world-model step inside `out_nodes`: (mean next state [K,S], members' predictions [E,K,S]).
+
+        The members' spread is not computed here for all K samples: only the chosen sample's
+        trajectory needs it (the disagreement output), so it is computed once, after the costs.
+        """
         mapping = dict(wm_inits)
         mapping["state"], mapping["action"] = x, u
         pred = f"{tag}pred"
@@ -326,12 +330,9 @@ def compose_planner(
         saved, b.nodes = b.nodes, out_nodes
         try:
             mean = b.reduce("ReduceMean", pred, [0], 0, "mean")
-            dev = b.op("Sub", [pred, mean])
-            std = b.op("Sqrt", [b.reduce("ReduceMean", b.op("Mul", [dev, dev]), [0], 0)])
-            spread = b.reduce("ReduceMax", b.op("Mul", [std, inv_scale]), [1], 1, "spread")
         finally:
             b.nodes = saved
-        return mean, spread
+        return mean, pred
 
     if config.rollout == "unrolled":
         sizes = config.chunk_sizes
@@ -340,35 +341,39 @@ def compose_planner(
             u_chunks = b.op_multi("Split", [samples_t, split], len(sizes), "u_chunk", axis=1)
         else:
             u_chunks = [samples_t]
-        trajs, spreads_c = [], []
+        trajs, preds_c = [], []
         for c, (kc, u_chunk) in enumerate(zip(sizes, u_chunks, strict=True)):
             x = b.op("Expand", [b.op("Reshape", ["state", b.const([1, S], "shape", np.int64)]),
                                 b.const([kc, S], "shape", np.int64)], f"x0_c{c}")  # [Kc,S]
-            traj_parts, spreads = [x], []
+            traj_parts, preds = [x], []
             u_parts = b.op_multi("Split", [u_chunk, b.const([1] * H, "split", np.int64)], H, "u_split", axis=0)
             for h in range(H):
                 u = b.op("Squeeze", [u_parts[h], b.const([0], "axes", np.int64)], f"u{h}")
-                x, spread = step(x, u, f"c{c}s{h}/", b.nodes)
+                x, pred = step(x, u, f"c{c}s{h}/", b.nodes)
                 traj_parts.append(x)
-                spreads.append(spread)
+                preds.append(pred)
             trajs.append(b.op("Reshape", [b.op("Concat", traj_parts, axis=1),
                                           b.const([kc, H + 1, S], "shape", np.int64)], "traj_chunk"))
             if E > 1:
-                spreads_c.append(b.op("Concat", spreads, "spread_chunk", axis=1))  # [Kc,H]
+                preds_c.append(b.op("Concat", preds, "preds_chunk", axis=0))  # [H*E,Kc,S]
         traj = b.op("Concat", trajs, "traj", axis=0) if len(trajs) > 1 else trajs[0]  # [K,H+1,S]
-        spread_kh = "" if E == 1 else (b.op("Concat", spreads_c, "spread", axis=0) if len(spreads_c) > 1
-                                       else spreads_c[0])  # [K,H]
+        preds_hek = "" if E == 1 else (b.op("Concat", preds_c, "preds", axis=1) if len(preds_c) > 1
+                                       else preds_c[0])  # [H*E,K,S]
     else:
         x0 = b.op("Expand", [b.op("Reshape", ["state", b.const([1, S], "shape", np.int64)]),
                              b.const([K, S], "shape", np.int64)], "x0")  # [K,S]
-        traj, spread_kh = _loop_rollout(b, x0, samples_t, step, K, H, S, E)
+        traj, preds_hek = _loop_rollout(b, x0, samples_t, step, K, H, S, E)
 
     costs = _cost(b, traj, samples, H)
     outputs = _update(b, config, samples, costs, H, A)
     best = b.op("ArgMin", [costs], "best", axis=0, keepdims=1)  # [1]
     imagined = b.op("Reshape", [b.op("Gather", [traj, best], axis=0), b.const([H + 1, S], "shape", np.int64)])
     if E > 1:
-        disagreement = b.reduce("ReduceMax", b.op("Gather", [spread_kh, best], axis=0), [0, 1], 0)
+        # Members along the chosen sample: [H*E,1,S] -> [H,E,S]; std over E in state half-ranges, max.
+        chosen = b.op("Reshape", [b.op("Gather", [preds_hek, best], axis=1), b.const([H, E, S], "shape", np.int64)])
+        dev = b.op("Sub", [chosen, b.reduce("ReduceMean", chosen, [1], 1, "member_mean")])
+        std = b.op("Sqrt", [b.reduce("ReduceMean", b.op("Mul", [dev, dev]), [1], 0)])  # [H,S]
+        disagreement = b.reduce("ReduceMax", b.op("Mul", [std, inv_scale]), [0, 1], 0)
     else:
         disagreement = b.const(np.float32(0.0), "no_disagreement")
     named = {"costs": costs, "imagined": imagined, "disagreement": disagreement, **outputs}
@@ -404,13 +409,13 @@ def compose_planner(
 
 
 def _loop_rollout(b: _Builder, x0: str, samples_t: str, step, K: int, H: int, S: int, E: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    """The rollout as an ONNX Loop over H: carried x [K,S], scanned x and spread."""
+    """The rollout as an ONNX Loop over H: carried x [K,S], scanned x and the members' predictions."""
     f32 = TensorProto.FLOAT
     body_nodes: list[NodeProto] = []
     it, cond_in, x_in = "body/iter", "body/cond_in", "body/x_in"
     u = "body/u"
     body_nodes.append(helper.make_node("Gather", [samples_t, it], [u], axis=0, name="body/gather_u"))
-    x_next, spread = step(x_in, u, "body/", body_nodes)
+    x_next, pred = step(x_in, u, "body/wm/", body_nodes)  # own prefix: a model value may be called "x_in"
     body_nodes.append(helper.make_node("Identity", [cond_in], ["body/cond_out"], name="body/cond"))
     body_nodes.append(helper.make_node("Identity", [x_next], ["body/x_out"], name="body/x_out"))
     body_nodes.append(helper.make_node("Identity", [x_next], ["body/x_scan"], name="body/x_scan"))
@@ -420,9 +425,8 @@ def _loop_rollout(b: _Builder, x0: str, samples_t: str, step, K: int, H: int, S:
         helper.make_tensor_value_info("body/x_scan", f32, [K, S]),
     ]
     if E > 1:
-        body_nodes.append(helper.make_node("Reshape", [spread, "body/k_shape"], ["body/spread_scan"],
-                                           name="body/spread"))
-        outs.append(helper.make_tensor_value_info("body/spread_scan", f32, [K]))
+        body_nodes.append(helper.make_node("Identity", [pred], ["body/pred_scan"], name="body/pred"))
+        outs.append(helper.make_tensor_value_info("body/pred_scan", f32, [E, K, S]))
     body = helper.make_graph(
         body_nodes,
         "rollout_step",
@@ -432,16 +436,16 @@ def _loop_rollout(b: _Builder, x0: str, samples_t: str, step, K: int, H: int, S:
             helper.make_tensor_value_info(x_in, f32, [K, S]),
         ],
         outs,
-        [numpy_helper.from_array(np.array([K], np.int64), "body/k_shape")] if E > 1 else [],
     )
     trip = b.const(np.int64(H), "trip", np.int64)
-    loop_outs = [b.name("loop_x_final"), b.name("loop_xs")] + ([b.name("loop_spreads")] if E > 1 else [])
+    loop_outs = [b.name("loop_x_final"), b.name("loop_xs")] + ([b.name("loop_preds")] if E > 1 else [])
     b.nodes.append(helper.make_node("Loop", [trip, "", x0], loop_outs, name="p/rollout_loop", body=body))
     xs = loop_outs[1]  # [H,K,S]
     first = b.op("Unsqueeze", [x0, b.const([0], "axes", np.int64)])
     traj = b.op("Transpose", [b.op("Concat", [first, xs], axis=0)], "traj", perm=[1, 0, 2])  # [K,H+1,S]
-    spread_kh = b.op("Transpose", [loop_outs[2]], "spread", perm=[1, 0]) if E > 1 else ""
-    return traj, spread_kh
+    preds = (b.op("Reshape", [loop_outs[2], b.const([H * E, K, S], "shape", np.int64)], "preds") if E > 1
+             else "")  # [H,E,K,S] -> [H*E,K,S]
+    return traj, preds
 
 
 def _cost(b: _Builder, traj: str, samples: str, H: int) -> str:
@@ -518,8 +522,21 @@ def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], l
     opts.optimized_model_filepath = str(dst)
     opts.log_severity_level = 3
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=keep_unfused(onnx.load(str(src), load_external_data=False)))
     return Path(dst)
+
+
+def keep_unfused(model: ModelProto) -> list[str]:
+    """ORT fusions to leave out for `model`: MatMulAddFusion when a MatMul reads dequantized weights.
+
+    ORT fuses MatMul + bias Add into Gemm before its QDQ pass; a Gemm fed by DequantizeLinear then
+    runs in float on weights dequantized every run, and the int8 speed is lost. Without that
+    fusion the DQ -> MatMul pairs become MatMulIntegerToFloat as intended (tests/test_quantize.py).
+    """
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    qdq_matmul = any(n.op_type == "MatMul" and any(i in dequantized for i in n.input) for n in model.graph.node)
+    return ["MatMulAddFusion"] if qdq_matmul else []
 
 
 def quantize_world_model_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -545,15 +562,20 @@ def quantize_world_model_int8(src: str | os.PathLike[str], dst: str | os.PathLik
 def matmul_flops(world_model: ModelProto | str | os.PathLike[str], batch: int) -> int:
     """Multiply-add FLOPs (2 per MAC) of the world model's MatMul/Gemm nodes for one call on `batch` rows.
 
-    Counted from the weight initializers' shapes, the usual "model FLOPs" figure; elementwise work
-    (normalisation, activations, the cost) is not counted.
+    Counted from the weight initializers' shapes: what the kernels multiply, so a bias carried as a
+    weight row (dreamlink's per-member export) counts; elementwise work (normalisation, activations,
+    the cost) does not.
     """
     wm = onnx.load(str(world_model)) if not isinstance(world_model, ModelProto) else world_model
     inits = {i.name: tuple(i.dims) for i in wm.graph.initializer}
     total = 0
     for node in wm.graph.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            dims = inits[node.input[1]]
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        # The weight is B, or A in a transposed Gemm (W^T x^T, as dreamlink writes the output layer)
+        weight = next((name for name in node.input[1::-1] if name in inits), None)
+        if weight is not None:
+            dims = inits[weight]
             if len(dims) < 2:
                 continue
             members = int(np.prod(dims[:-2])) if len(dims) > 2 else 1
