@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -230,8 +231,14 @@ def test_garbage_is_dropped_and_counted_and_sigterm_exits_cleanly(flight: tuple[
         c.raw(junk)
     assert c.command(31337) == [mavlink.MAV_RESULT_UNSUPPORTED]  # still answering
     c.tick(0.1)
-    os.kill(sitl.pid, signal.SIGTERM)
+    # SIGTERM again and again until it exits: one arriving during shutdown must not kill it before FINAL
+    deadline = time.monotonic() + 5.0
+    while sitl.returncode is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sitl.pid, signal.SIGTERM)
+        time.sleep(0.001)
     assert sitl.stop(timeout_s=5.0) == 0
+    assert "FINAL {" in sitl.output_tail(20000)
     output = sitl.output_tail(20000)
     assert "rx_bad=" in output and "rx_bad=0" not in output
     record = json.loads(next(line for line in output.splitlines() if line.startswith("DOMAIN "))[7:])

@@ -4,9 +4,12 @@ never raises on garbage, a bounded socket drain, and the `udp:HOST:PORT` argumen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
@@ -82,3 +85,35 @@ def udp_address(text: str, what: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{what}: expected udp:HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[tuple[threading.Event, socket.socket]]:
+    """SIGTERM / SIGINT set the yielded event, and wake a `select` on the yielded socket. For a SITL
+    process's `main`: the process is on its way out when the block ends.
+
+    After the block both signals are ignored, not restored: a second SIGTERM during shutdown (a
+    test's kill, then the launcher's `terminate()`) must not hit the default action and kill the
+    process before it writes its FINAL line or while Python finalises (which resets every Python
+    handler to the default, but leaves an ignored signal ignored). SIGKILL still ends it. Off the
+    main thread no handler can be installed and only the event is there.
+    """
+    stop = threading.Event()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_wakeup = -1
+    if in_main_thread:
+        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield stop, wake_r
+    finally:
+        if in_main_thread:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            signal.set_wakeup_fd(previous_wakeup)  # before the socket it names is closed
+        wake_r.close()
+        wake_w.close()

@@ -60,9 +60,7 @@ import ipaddress
 import logging
 import math
 import select
-import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +80,7 @@ from dreamlink.firmware_bridge.security import (
     signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
-from dreamlink.sim.mavlink_udp import admitted_frames, drain, mavlink, new_parser, udp_address
+from dreamlink.sim.mavlink_udp import admitted_frames, drain, mavlink, new_parser, stop_on_signals, udp_address
 
 log = logging.getLogger(__name__)
 
@@ -507,30 +505,14 @@ def main(argv: list[str]) -> int:
     except (ValueError, TypeError) as exc:
         log.error("bad argument: %s", exc)
         return 2
-    stop = threading.Event()
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous: dict[signal.Signals, Any] = {}
-    if in_main_thread:
-        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        counters = run_board(config, stop.is_set, wake_socks=(wake_r,))
-    except SigningKeyError as exc:
-        log.error("--signing-key-file: %s", exc)
-        return 2
-    except OSError as exc:
-        log.error("cannot serve the board on udp (%s); is --bind free and --out a reachable host?", exc)
-        return 1
-    finally:
-        if in_main_thread:
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
+    with stop_on_signals() as (stop, wake_r):
+        try:
+            counters = run_board(config, stop.is_set, wake_socks=(wake_r,))
+        except SigningKeyError as exc:
+            log.error("--signing-key-file: %s", exc)
+            return 2
+        except OSError as exc:
+            log.error("cannot serve the board on udp (%s); is --bind free and --out a reachable host?", exc)
+            return 1
     log.info("board stopped: %s", counters)
     return 0

@@ -57,10 +57,8 @@ import json
 import logging
 import math
 import select
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.security import SigningKey, load_signing_key
-from dreamlink.sim.mavlink_udp import drain, udp_address
+from dreamlink.sim.mavlink_udp import drain, stop_on_signals, udp_address
 from dreamlink.sim.quadrotor.autopilot import AutopilotConfig
 from dreamlink.sim.quadrotor.mavlink_io import IoCounters, MavlinkFace
 from dreamlink.sim.quadrotor.modes import FLAVOURS
@@ -386,30 +384,13 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             log.error("cannot write --domain-json %s: %s", args.domain_json, exc)
             return 2
-    stop = threading.Event()
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous: dict[signal.Signals, Any] = {}
-    previous_wakeup = -1
-    if in_main_thread:
-        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
     final: dict[str, Any] = {}
-    try:
-        counters = run(config, stop.is_set, wake_socks=(wake_r,), vehicle=vehicle, final=final)
-    except OSError as exc:
-        log.error("cannot serve the vehicle on udp (%s); is --bind free and --out a reachable host?", exc)
-        return 1
-    finally:
-        if in_main_thread:
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
+    with stop_on_signals() as (stop, wake_r):
+        try:
+            counters = run(config, stop.is_set, wake_socks=(wake_r,), vehicle=vehicle, final=final)
+        except OSError as exc:
+            log.error("cannot serve the vehicle on udp (%s); is --bind free and --out a reachable host?", exc)
+            return 1
     log.info("quadrotor SITL stopped at vehicle time %.2f s: %s", final.get("time_s", math.nan), counters)
     sys.stdout.write("FINAL " + json.dumps(final, sort_keys=True) + "\n")
     sys.stdout.flush()
