@@ -168,3 +168,34 @@ def test_planner_labels_keep_only_the_planners_own_ticks() -> None:
     assert state.tolist() == [[0.0, 1.0], [4.0, 5.0]]
     _, target, _ = planner_labels(ticks, lambda t: np.full((5, 2), t, np.float32), 3, np.zeros(2, np.float32))
     assert target[:, 0].tolist() == [0.0, 2.0]
+
+
+def test_a_slow_failsafe_request_does_not_stop_the_loop_and_the_e_stop_still_acts(bundle_with_policy: Path) -> None:
+    """Asking the vehicle for its failsafe waits for acks (seconds on a bad link): the loop keeps holding on
+    its own thread meanwhile, asks once per request in flight, and an e-stop acts at the next tick."""
+    import threading
+
+    loop, profile = _loop(bundle_with_policy, None)
+    answer = threading.Event()
+    asked: list[float] = []
+
+    def slow_failsafe() -> str:
+        asked.append(1.0)
+        answer.wait(10.0)
+        return "RTL"
+
+    stopped: list[bool] = []
+    profile.state = lambda: (0.0, np.array([-1.0, 0.0], np.float32), 99.0)  # type: ignore[method-assign]
+    profile.emergency_stop = lambda: stopped.append(True)  # type: ignore[method-assign]
+    loop.failsafe, loop.estop = slow_failsafe, threading.Event()
+    period = loop.config.period_s
+    for i in range(200):  # 4 s of stale telemetry at 50 Hz, the request unanswered all along
+        loop.tick(i * period, 0.0)
+    assert loop.counters.ticks == 200 and loop.counters.stale_ticks == 200
+    assert loop.counters.failsafes == 1 and len(asked) == 1
+    assert not loop.wait_for_failsafe_request(0.05)  # still waiting for the vehicle
+    loop.estop.set()
+    loop.tick(200 * period, 0.0)
+    assert stopped == [True] and loop.stopped_by_estop
+    answer.set()
+    assert loop.wait_for_failsafe_request(5.0)

@@ -29,9 +29,12 @@ log = logging.getLogger(__name__)
 
 # Where a tick's action came from (recorded per tick as a small integer).
 SOURCE_PLAN, SOURCE_PREVIOUS_PLAN, SOURCE_HOLD, SOURCE_POLICY = 0, 1, 2, 3
-LOCKSTEP_WALL_GRACE_S = 2.0
 SOURCE_NAMES = {SOURCE_PLAN: "plan", SOURCE_PREVIOUS_PLAN: "previous_plan", SOURCE_HOLD: "hold",
                 SOURCE_POLICY: "policy"}
+LOCKSTEP_WALL_GRACE_S = 2.0
+# At the loop's end a failsafe request in flight gets this long to finish before the caller lands the
+# vehicle: two refused modes at ~3.5 s each on a bad link, and a margin.
+FAILSAFE_REQUEST_WAIT_S = 10.0
 
 
 class Profile(Protocol):
@@ -134,6 +137,7 @@ class ControlLoop:
         self._fixed_target = np.asarray(task.target if task is not None else (), dtype=np.float32)
         self.stopped_by_estop = False
         self._stale_since: float | None = None
+        self._failsafe_request: threading.Thread | None = None
         # In lockstep the vehicle waits for us: a slow plan is late on the wall clock only, so it is counted
         # (an overrun) but still flown, and a flight reproduces from its seed whatever the machine's load.
         self._paced_by_vehicle = bool(getattr(clock, "paced_by_vehicle", False))
@@ -239,19 +243,40 @@ class ControlLoop:
         return safe.action
 
     def _on_stale(self, now_s: float) -> None:
-        """No fresh state: hold (done by the fallback); past `failsafe_after_s`, hand over to the vehicle."""
+        """No fresh state: hold (done by the fallback); past `failsafe_after_s`, hand over to the vehicle.
+
+        The request runs on its own thread: it waits for the vehicle's acknowledgements, seconds per mode
+        on a link that has gone bad (about 3.5 s each, measured in the telemetry-freeze fault), and the
+        loop must keep ticking meanwhile: holding, and answering the e-stop at the next tick."""
         if self._stale_since is None:
             self._stale_since = now_s
         elif self.failsafe is not None and now_s - self._stale_since >= self.config.failsafe_after_s:
+            if self._failsafe_request is not None and self._failsafe_request.is_alive():
+                return  # the last request is still waiting for the vehicle's answer
             self.counters.failsafes += 1
             if self.recorder:
                 self.recorder.event("failsafe", now_s, stale_s=now_s - self._stale_since)
             log.error("telemetry stale for %.2f s: asking the vehicle for its failsafe", now_s - self._stale_since)
-            try:
-                self.failsafe()
-            except Exception as e:
-                log.error("failsafe request failed: %s", e)
+            self._failsafe_request = threading.Thread(target=self._request_failsafe, name="failsafe-request",
+                                                      daemon=True)
+            self._failsafe_request.start()
             self._stale_since = None  # ask again only after another full stale period
+
+    def _request_failsafe(self) -> None:
+        assert self.failsafe is not None
+        try:
+            taken = self.failsafe()
+            log.warning("failsafe: the vehicle took %s", taken)
+        except Exception as e:
+            log.error("failsafe request failed: %s", e)
+
+    def wait_for_failsafe_request(self, timeout_s: float) -> bool:
+        """Let a failsafe request in flight finish (True when none is left), so whoever lands the vehicle
+        after the loop does not race it."""
+        request = self._failsafe_request
+        if request is not None:
+            request.join(timeout_s)
+        return request is None or not request.is_alive()
 
     def _emergency_stop(self, now_s: float) -> np.ndarray:
         """Motors safe now: the profile's e-stop (zero / force-disarm); the loop ends after this tick."""
@@ -297,7 +322,10 @@ class ControlLoop:
                 self.counters.missed_deadlines += skipped
                 deadline += skipped * period
             self.clock.sleep_until(deadline)
-        return self.stats(self.clock.now() - start)
+        duration_s = self.clock.now() - start
+        if not self.wait_for_failsafe_request(FAILSAFE_REQUEST_WAIT_S):
+            log.error("the failsafe request is still unanswered after %.0f s", FAILSAFE_REQUEST_WAIT_S)
+        return self.stats(duration_s)
 
     def stats(self, duration_s: float) -> LoopStats:
         lat, late = np.array(self._latency), np.array(self._lateness)
