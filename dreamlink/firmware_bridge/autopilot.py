@@ -442,8 +442,11 @@ class AutopilotProfile:
         else:
             self._estimator_bad.pop(source, None)
         if bool(why) != bool(was):
-            (log.error if why else log.info)("%s %s: estimator %s (%s)", self.FAMILY, self._target,
-                                             "unhealthy" if why else "healthy again", why or source)
+            # On the ground an estimator still converging is routine (and arming waits for it); in the air it
+            # is a fault the runtime acts on.
+            level = logging.ERROR if why and self._armed else logging.INFO
+            log.log(level, "%s %s: estimator %s (%s)", self.FAMILY, self._target,
+                    ("unhealthy" if self._armed else "not ready") if why else "healthy", why or source)
 
     def _note_vehicle_time(self, t_s: float) -> None:
         """Reboot detection on the autopilot's clock (under the lock)."""
