@@ -490,8 +490,10 @@ def render(result: dict[str, Any]) -> str:
                   _table(["operator", "share of kernel time"], [[k, f"{100 * v:.1f}%"] for k, v in top]), "",
                   f"Matmul kernels: {100 * an['matmul_share']:.1f}% of the step; on their own they run at "
                   f"{an['matmul_kernel_gflops']:.1f} GFLOP/s = {an['matmul_kernel_pct_peak']:.1f}% of the peak. "
-                  "The rest (SiLU as ORT's fused QuickGelu, bias adds, ensemble mean and spread, cost) is "
-                  "elementwise work the FLOP count does not include, and it caps the whole step's share."]
+                  "(Gemm: the hidden and output layers with their biases fused in; MatMul: the first layer, "
+                  "whose bias rides on a ones column.) The rest (SiLU as ORT's fused QuickGelu, the ensemble "
+                  "mean, the cost, the copies between steps) is elementwise work the FLOP count does not "
+                  "include, and it caps the whole step's share."]
     if result.get("accuracy"):
         parts += ["", "## Plan accuracy (same noise, from near-upright states; action range +/-10 N)", "",
                   _table(["hidden", "K x H", "states", "int8 vs fp32: max |plan diff| N", "% of half range",
