@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from dreamlink.bundle import Bundle, library_versions, load_bundle, write_bundle
@@ -29,6 +28,7 @@ from dreamlink.export.onnx_export import (
     export_world_model,
     read_metadata,
 )
+from dreamlink.learning.transitions import json_default
 from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -119,18 +119,8 @@ def _gate(module: nn.Module, path: Path, spec: VehicleSpec, what: str) -> Parity
 
 def _jsonable(section: dict[str, Any], name: str) -> dict[str, Any]:
     """numpy scalars/arrays and Paths become JSON values; anything else unserialisable is refused by name."""
-
-    def default(o: Any) -> Any:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"{type(o).__name__}")
-
     try:
-        out: dict[str, Any] = json.loads(json.dumps(section, default=default))
+        out: dict[str, Any] = json.loads(json.dumps(section, default=json_default))
     except (TypeError, ValueError) as e:
-        raise ExportError(f"manifest section {name!r}: value of type {e} is not JSON-serialisable") from None
+        raise ExportError(f"manifest section {name!r}: {e}") from None
     return out

@@ -70,7 +70,7 @@ class TransitionSet:
         if p.suffix != ".npz":
             p = p.with_name(p.name + ".npz")
         try:
-            meta_json = json.dumps(self.meta, default=_json_default)
+            meta_json = json.dumps(self.meta, default=json_default)
         except (TypeError, ValueError) as e:
             raise TransitionError(f"{p}: meta is not JSON-serialisable ({e})") from None
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,8 @@ def _check_arrays(
         raise TransitionError(f"{where}: field 'episode' has dtype {episode.dtype}, expected int64 episode ids")
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """`json.dumps(..., default=)` for what training and export write: numpy values and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
