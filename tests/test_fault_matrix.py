@@ -57,6 +57,8 @@ def test_slow_bundle_computes_the_same_next_state(tmp_path):
     ({"armed": False, "altitude_m": 0.0, "speed_mps": 0.0, "mode": "LAND", "landed": True}, False, "landed"),
     ({"armed": True, "altitude_m": 5.0, "speed_mps": 0.1, "mode": "BRAKE", "landed": False}, False, "holding"),
     ({"armed": True, "altitude_m": 5.0, "speed_mps": 1.0, "mode": "RTL", "landed": False}, False, "failsafe"),
+    ({"armed": True, "altitude_m": 5.0, "speed_mps": 1.0, "mode": "Return", "landed": False}, False, "failsafe"),  # PX4
+    ({"armed": True, "altitude_m": 5.0, "speed_mps": 0.1, "mode": "Hold", "landed": False}, False, "holding"),
     ({"armed": False, "altitude_m": 0.0, "speed_mps": 0.0, "mode": "GUIDED", "landed": True}, True, "terminated"),
     ({"armed": False, "altitude_m": 4.0, "speed_mps": 3.0, "mode": "GUIDED", "landed": False}, False, "UNSAFE"),
     ({"armed": True, "altitude_m": 5.0, "speed_mps": 4.0, "mode": "GUIDED", "landed": False}, False, "UNSAFE"),
@@ -94,3 +96,15 @@ def test_spoofed_commands_are_rejected_on_both_ends_and_the_flight_lands(tmp_pat
     assert sitl["rx_unsigned_rejected"] >= 1 and sitl["rx_bad_signature"] >= 1
     assert report.fence_breaches == 0 and report.records_lost == 0 and report.records_read > 0
     assert "spoofed commands" in table([report])
+
+
+@pytest.mark.sitl
+def test_px4_takes_off_and_lands_through_20_percent_packet_loss(tmp_path):
+    """PX4 wants a setpoint stream before OFFBOARD; in lockstep every streamed setpoint is a step, and a lost one
+    (or its answer) must cost a short wait, not half a second: with 0.5 s this row timed out on the ground."""
+    bundle = quad_linear_bundle(tmp_path)
+    row = FaultRow("packet loss", "20% each way", to_runtime="drop_rate=0.2", to_vehicle="drop_rate=0.2", ticks=150,
+                   altitude_m=2.0)
+    report = fly_row(row, {"trained": bundle}, tmp_path / "matrix", seed=4, flavour="px4")
+    assert report.safe and report.outcome == "landed", report
+    assert report.detail["proxy"] and report.fence_breaches == 0 and report.records_lost == 0

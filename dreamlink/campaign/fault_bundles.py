@@ -24,9 +24,10 @@ PLANNER = {"samples": 128, "horizon": 30, "noise_sigma": 0.3, "temperature": 3.0
 
 
 def trained_quad_bundle(cache_dir: Path, seconds: float = 40.0, seeds: tuple[int, ...] = (1, 2),
-                        epochs: int = 20) -> Path:
-    """A quad bundle trained the way tests/test_quad_flight.py does it, made once under `cache_dir`."""
-    root = Path(cache_dir) / TRAINED_NAME
+                        epochs: int = 20, flavour: str = "ardupilot") -> Path:
+    """A quad bundle trained the way tests/test_quad_flight.py does it, on `flavour`'s SITL, made once under
+    `cache_dir`."""
+    root = Path(cache_dir) / (TRAINED_NAME if flavour == "ardupilot" else f"{TRAINED_NAME}-{flavour}")
     if (root / "manifest.json").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -44,9 +45,9 @@ def trained_quad_bundle(cache_dir: Path, seconds: float = 40.0, seeds: tuple[int
     sets = []
     for seed in seeds:
         log.info("collecting %.0f s of lockstep quad flight, seed %d", seconds, seed)
-        with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", "ardupilot")) as sitl, \
+        with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", flavour)) as sitl, \
                 Link(LinkConfig(sitl.connect_string)) as link:
-            profile = make_profile(QUAD, link, "ardupilot", lockstep=True)
+            profile = make_profile(QUAD, link, flavour, lockstep=True)
             profile.connect(timeout_s=30)
             d = collect_quad(profile, QUAD, QuadCollectConfig(seconds=seconds, seed=seed))
             sets.append(TransitionSet(d.spec, d.state, d.action, d.next_state, np.full(len(d), seed), d.meta))

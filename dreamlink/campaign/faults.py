@@ -1,11 +1,12 @@
 """The fault matrix: one lockstep quad flight per fault kind and rate, judged from both ends.
 
-    python -m dreamlink.campaign.faults [--out runs/faults] [--only NAME ...] [--seed N]
+    python -m dreamlink.campaign.faults [--flavour ardupilot|px4] [--out DIR] [--only NAME ...] [--seed N]
 
-Each row flies `dreamlink run`'s own `fly()` (take off, figure-eight, land) against the ArduPilot-flavour
-quad SITL in lockstep, with one fault injected: packet loss and latency and a link cut through the fault
-proxy (`sim.proxy_launcher`), a reboot, a telemetry freeze and a bad estimator inside the SITL, a model
-that emits NaN or is slow (`campaign.fault_bundles`), an e-stop and a spoofer from a ground-station socket.
+Each row flies `dreamlink run`'s own `fly()` (take off, figure-eight, land) against the quad SITL of the
+chosen autopilot flavour (ArduPilot by default, or PX4) in lockstep, with one fault injected: packet loss
+and latency and a link cut through the fault proxy (`sim.proxy_launcher`), a reboot, a telemetry freeze
+and a bad estimator inside the SITL, a model that emits NaN or is slow (`campaign.fault_bundles`), an
+e-stop and a spoofer from a ground-station socket.
 The quad bundle is one dreamlink trains itself, cached under the output folder.
 
 Judged per flight:
@@ -23,7 +24,7 @@ Judged per flight:
   walked record by record (8-byte time + one whole MAVLink frame) and a torn record at its end is the one
   record lost; pymavlink must read back every whole one. The vehicle then goes on (a ground-station
   socket keeps the lockstep SITL stepping with TIMESYNC, as time would in flight): ArduPilot's GUID_TIMEOUT
-  brakes it and it holds.
+  brakes it and it holds; PX4's offboard-loss failsafe (COM_OF_LOSS_T) takes it over.
 
 The overrun row runs in real time, not lockstep: in lockstep the vehicle waits for the planner, so a slow
 plan is counted but flown (`ControlLoop`), which is the point of lockstep and hides what an overrun does.
@@ -48,8 +49,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 OUT = Path("runs/faults")
-FLAVOUR = "ardupilot"
+FLAVOURS = ("ardupilot", "px4")
 SAFE = ("landed", "holding", "failsafe", "terminated")
+# The SITL's FINAL mode names: ArduPilot's, then PX4's (as QGroundControl shows them).
+FAILSAFE_MODES = ("RTL", "LAND", "Return", "Land")
+HOLD_MODES = ("GUIDED", "BRAKE", "LOITER", "POSHOLD", "Hold", "Position", "Offboard")
 
 
 @dataclass(frozen=True)
@@ -125,9 +129,9 @@ def judge(final: dict[str, Any], estopped: bool) -> str:
         return "terminated"
     if not final["armed"]:
         return "landed" if final["altitude_m"] < 0.2 and final["speed_mps"] < 0.5 else "UNSAFE (disarmed in air)"
-    if final["mode"] in ("RTL", "LAND") or final.get("failsafe"):
+    if final["mode"] in FAILSAFE_MODES or final.get("failsafe"):
         return "failsafe"
-    if final["speed_mps"] < 0.5 and final["mode"] in ("GUIDED", "BRAKE", "LOITER", "POSHOLD"):
+    if final["speed_mps"] < 0.5 and final["mode"] in HOLD_MODES:
         return "landed" if final["landed"] else "holding"
     return f"UNSAFE ({final['mode']}, {final['speed_mps']:.1f} m/s)"
 
@@ -225,7 +229,8 @@ def _keep_stepping(vehicle_addr: tuple[str, int], seconds: float) -> None:
             time.sleep(0.002)
 
 
-def kill_row(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: int) -> tuple[dict[str, Any], str]:
+def kill_row(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: int,
+             flavour: str = "ardupilot") -> tuple[dict[str, Any], str]:
     """`dreamlink run` in its own process, SIGKILLed mid-flight; returns (the SITL's final state, error)."""
     import signal
     import subprocess
@@ -233,9 +238,9 @@ def kill_row(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: in
     from dreamlink.sim.launcher import SitlProcess
 
     out = flight_dir / "flight"
-    with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", FLAVOUR)) as sitl:
+    with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", flavour)) as sitl:
         cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundles[row.bundle]), "--connect",
-               sitl.connect_string, "--lockstep", "--autopilot", FLAVOUR, "--laps", "1", "--out", str(out)]
+               sitl.connect_string, "--lockstep", "--autopilot", flavour, "--laps", "1", "--out", str(out)]
         with open(flight_dir / "runtime.log", "wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
             events = out / "events.jsonl"
@@ -249,12 +254,13 @@ def kill_row(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: in
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         assert sitl.vehicle_address is not None
-        _keep_stepping(sitl.vehicle_address, 6.0)  # past GUID_TIMEOUT (3 s) and the brake
+        _keep_stepping(sitl.vehicle_address, 6.0)  # past GUID_TIMEOUT (3 s) and the brake; COM_OF_LOSS_T (1 s)
         sitl.stop(timeout_s=15.0)
         return _sitl_final(sitl.output_tail(20000)), ""
 
 
-def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21) -> FlightReport:
+def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21,
+            flavour: str = "ardupilot") -> FlightReport:
     """Fly one row; never raises for a flight that went wrong (that is a row in the table)."""
     from dreamlink.reports import load_ticks
     from dreamlink.runtime.onboard import MissionConfig, RunConfig, fly
@@ -268,7 +274,7 @@ def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21) 
 
         shutil.rmtree(flight_dir)
     flight_dir.mkdir(parents=True)
-    sitl_args: tuple[str, ...] = ("--flavour", FLAVOUR, *row.sitl_args)
+    sitl_args: tuple[str, ...] = ("--flavour", flavour, *row.sitl_args)
     key_file = ""
     if row.spoof:
         from dreamlink.firmware_bridge.security import write_signing_key
@@ -278,7 +284,7 @@ def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21) 
         sitl_args += ("--signing-key-file", key_file)
     started = time.monotonic()
     if row.kill_after_s:
-        return _killed_report(row, bundles, flight_dir, seed, started)
+        return _killed_report(row, bundles, flight_dir, seed, started, flavour)
     sim: Any
     if row.to_runtime or row.to_vehicle:
         sim = SitlBehindProxy("quad", FaultSpec.parse(row.to_runtime), FaultSpec.parse(row.to_vehicle),
@@ -287,7 +293,7 @@ def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21) 
         sim = SitlProcess("quad", lockstep=row.lockstep, seed=seed, extra_args=sitl_args)
     mission = MissionConfig(laps=1.0, takeoff_altitude_m=row.altitude_m)
     config = RunConfig(bundle=bundles[row.bundle], connect="", lockstep=row.lockstep, out_dir=flight_dir / "flight",
-                       seed=seed, autopilot=FLAVOUR, mission=mission, ticks=row.ticks, signing_key_file=key_file,
+                       seed=seed, autopilot=flavour, mission=mission, ticks=row.ticks, signing_key_file=key_file,
                        connect_timeout_s=60.0)
     error = ""
     stop_gs = threading.Event()
@@ -347,9 +353,9 @@ def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21) 
 
 
 def _killed_report(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: int,
-                   started: float) -> FlightReport:
+                   started: float, flavour: str) -> FlightReport:
     try:
-        final, error = kill_row(row, bundles, flight_dir, seed)
+        final, error = kill_row(row, bundles, flight_dir, seed, flavour)
     except Exception as exc:
         final, error = {}, f"{type(exc).__name__}: {exc}"
     outcome = judge(final, False) if not error else f"UNSAFE ({error[:60]})"
@@ -417,11 +423,11 @@ def _when_flying(flight_out: Path, row: FaultRow, runtime_port: int, vehicle_add
 # -- matrix ------------------------------------------------------------------------------------------
 
 
-def build_bundles(out: Path) -> dict[str, Path]:
+def build_bundles(out: Path, flavour: str = "ardupilot") -> dict[str, Path]:
     from dreamlink.campaign.fault_bundles import nan_bundle, slow_bundle, trained_quad_bundle
     from dreamlink.spec import QUAD
 
-    trained = trained_quad_bundle(out / "bundles")
+    trained = trained_quad_bundle(out / "bundles", flavour=flavour)
     bundles = {"trained": trained}
     nan_dir, slow_dir = out / "bundles" / "quad-nan", out / "bundles" / "quad-slow"
     bundles["nan"] = nan_dir if (nan_dir / "manifest.json").exists() else \
@@ -431,13 +437,14 @@ def build_bundles(out: Path) -> dict[str, Path]:
 
 
 def run_matrix(out: Path = OUT, only: list[str] | None = None, seed: int = 21,
-               progress: Callable[[FlightReport], None] | None = None) -> list[FlightReport]:
-    bundles = build_bundles(out)
+               progress: Callable[[FlightReport], None] | None = None, flavour: str = "ardupilot"
+               ) -> list[FlightReport]:
+    bundles = build_bundles(out, flavour)
     reports = []
     for row in matrix():
         if only and row.name not in only:
             continue
-        report = fly_row(row, bundles, out, seed)
+        report = fly_row(row, bundles, out, seed, flavour)
         reports.append(report)
         if progress is not None:
             progress(report)
@@ -479,10 +486,13 @@ def table(reports: list[FlightReport]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dreamlink.campaign.faults", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--flavour", default="ardupilot", choices=FLAVOURS, help="the quad SITL's autopilot")
+    p.add_argument("--out", type=Path, default=None, help=f"results folder (default {OUT}, {OUT}-px4 for PX4)")
     p.add_argument("--only", nargs="*", default=None, help="fault names to fly (default: all)")
     p.add_argument("--seed", type=int, default=21)
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = OUT if args.flavour == "ardupilot" else OUT.with_name(f"{OUT.name}-{args.flavour}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     started = time.monotonic()
 
@@ -490,14 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"{r.name:18s} {r.rate:24s} {r.outcome:28s} {r.wall_s:6.1f} s\n")
         sys.stdout.flush()
 
-    reports = run_matrix(args.out, args.only, args.seed, progress)
+    reports = run_matrix(args.out, args.only, args.seed, progress, args.flavour)
     text = table(reports)
     wall = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "faults.md").write_text(text + "\n")
-    (args.out / "faults.json").write_text(json.dumps({"wall_s": wall, "rows": [r.__dict__ for r in reports]},
-                                                     indent=2, default=str) + "\n")
-    sys.stdout.write("\n" + text + f"\n\n{len(reports)} flights in {wall:.0f} s; {args.out}/faults.md, faults.json\n")
+    record = {"flavour": args.flavour, "wall_s": wall, "rows": [r.__dict__ for r in reports]}
+    (args.out / "faults.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    sys.stdout.write("\n" + text + f"\n\n{len(reports)} {args.flavour} flights in {wall:.0f} s; {args.out}/faults.md, "
+                     "faults.json\n")
     return 0 if all(r.safe and r.fence_breaches == 0 and r.records_lost <= (1 if r.detail.get("killed") else 0)
                     for r in reports) else 1
 

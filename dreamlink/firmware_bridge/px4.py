@@ -316,6 +316,9 @@ class Px4Profile(AutopilotProfile):
                 self._warn("PX4 setpoint stream on %s: %s", self.link.config.connect, exc)
 
     def _lockstep_tick(self) -> None:
+        """While streaming, the step is a setpoint (PX4 counts them for OFFBOARD); a short wait for its answer, as
+        in the base class: on a lossy link a lost setpoint or state costs 30 ms, not 0.5 s, and the waits that
+        call this end on a condition, not on a step count."""
         fields = self._standing_now()
         if fields is None:
             super()._lockstep_tick()
@@ -323,4 +326,4 @@ class Px4Profile(AutopilotProfile):
         with self._cond:
             t_s = min(self._t_s, self._attitude_t_s)
         self._send_setpoint(fields)
-        self.wait_state_after(t_s + 1e-3, 0.5)
+        self.wait_state_after(t_s + 1e-3, 0.03)
