@@ -218,6 +218,9 @@ def test_px4_offboard_needs_a_stream_falls_out_to_rtl_and_lands_by_command(fligh
     assert "Landing detected\t" in c.texts
     c.tick_until(lambda cl: not cl.hb.base_mode & 128, max_s=1.1)
     assert (c.hb.custom_mode, c.hb.system_status) == (OFFBOARD, mavlink.MAV_STATE_UNINIT)  # as in the log
+    c.tick(0.6)  # the next SYS_STATUS: pre-arm check failing, the estimator (AHRS bit) still good, as in the log
+    health = c.latest["SYS_STATUS"].onboard_control_sensors_health
+    assert health & mavlink.MAV_SYS_STATUS_AHRS and not health & mavlink.MAV_SYS_STATUS_PREARM_CHECK
 
 
 @pytest.mark.parametrize("flight", [("px4", "--wind-mps", "2.5")], indirect=True)

@@ -99,9 +99,10 @@ BOOT_STREAMS = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRE
 # ArduPilot's legacy stream groups (REQUEST_DATA_STREAM), reduced to the messages this SITL has
 DATA_STREAM_GROUPS = {1: ("HIGHRES_IMU",), 2: ("SYS_STATUS", "EXTENDED_SYS_STATE"),
                       6: ("LOCAL_POSITION_NED", "GLOBAL_POSITION_INT"), 10: ("ATTITUDE",)}
-# SYS_STATUS sensor bit sets copied from the logs; the health bits below are cleared until the vehicle is armable
+# SYS_STATUS sensor bit sets copied from the logs; the pre-arm bit is cleared while the vehicle cannot arm, the AHRS
+# bit while the estimator is not ok (starting up, or a fault)
 SYS_STATUS_BITS = {"ardupilot": (0x5371FC2F, 0x52619C2F, 0x57719C2F), "px4": (0x0300402F, 0x0301402F, 0x1320C83F)}
-PREARM_AND_AHRS = 0x10000000 | 0x00200000
+PREARM_CHECK = 0x10000000  # MAV_SYS_STATUS_PREARM_CHECK
 AHRS_HEALTH = 0x00200000  # MAV_SYS_STATUS_AHRS: the estimator's health bit in SYS_STATUS
 # EKF_STATUS_FLAGS / ESTIMATOR_STATUS_FLAGS (same bits): attitude, horizontal and vertical velocity, relative and
 # absolute horizontal position, absolute vertical position, predicted relative / absolute horizontal position
@@ -347,9 +348,11 @@ class MavlinkFace:
             m.highres_imu_send(us, *f, *e.rates, *mag, pressure_hpa, 0.0, alt_amsl, 25.0, 0x1FFF, 0)
         elif name == "SYS_STATUS":
             present, enabled, health = SYS_STATUS_BITS[self.flavour]
+            # Two separate bits, as in the real logs (../shared/data/sitl-logs): after a landing PX4's pre-arm bit
+            # goes bad while its AHRS bit stays good; the AHRS bit follows the estimator only (its start-up, a fault).
             if not v.autopilot.prearm_ok(v.time_s) and not v.autopilot.armed:
-                health &= ~PREARM_AND_AHRS
-            if v.autopilot.estimator_fault:
+                health &= ~PREARM_CHECK
+            if not v.autopilot.estimator_ok(v.time_s):
                 health &= ~AHRS_HEALTH
             m.sys_status_send(present, enabled, health, 0, 12600 if self.flavour == "ardupilot" else 16200, -1, 100,
                               0, 0, 0, 0, 0, 0)
