@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -65,73 +66,82 @@ def folded_layers(model: EnsembleWorldModel) -> list[tuple[np.ndarray, np.ndarra
     return layers
 
 
+class _Writer:
+    """Nodes and initializers of the graph being written; every value is named by the node that makes it."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+
+    def init(self, name: str, value: np.ndarray | float | list[int], dtype: type = np.float32) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def activation(self, kind: str, x: str, name: str) -> str:
+        """The hidden activation in the form ORT fuses: SiLU -> QuickGelu, erf GELU -> Gelu."""
+        if kind == "silu":
+            return self.node("Mul", [x, self.node("Sigmoid", [x], name + "/sigmoid")], name)
+        if kind == "relu":
+            return self.node("Relu", [x], name)
+        if kind == "tanh":
+            return self.node("Tanh", [x], name)
+        if kind == "gelu":
+            scaled = self.node("Div", [x, self.init(name + "/sqrt2", math.sqrt(2.0))], name + "/scaled")
+            erf = self.node("Erf", [scaled], name + "/erf")
+            half = self.node("Mul", [x, self.init(name + "/half", 0.5)], name + "/half_x")
+            return self.node("Mul", [half, self.node("Add", [erf, self.init(name + "/one", 1.0)], name + "/one_plus")],
+                             name)
+        raise ValueError(f"ensemble_graph: activation {kind!r} has no ONNX form here (silu, relu, tanh, gelu)")
+
+
 def ensemble_graph(model: EnsembleWorldModel, opset: int = 17) -> onnx.ModelProto:
     """The ONNX graph of `model` in the per-member layout (see the module docstring)."""
     spec, config = model.spec, model.config
     S, A, E = spec.state_dim, spec.action_dim, model.ensemble_size
     layers = folded_layers(model)
-    nodes: list[onnx.NodeProto] = []
-    inits: list[TensorProto] = []
-
-    def init(name: str, value: np.ndarray, dtype: type = np.float32) -> str:
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=dtype), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
+    w = _Writer()
 
     # [state, action, 1]: the ones column carries layer 0's bias (and the folded normalisation).
-    batch = node("Slice", [node("Shape", ["state"], "state_shape"), init("i0", [0], np.int64),
-                           init("i1", [1], np.int64)], "batch")
-    ones_shape = node("Concat", [batch, "i1"], "ones_shape", axis=0)
-    ones = node("ConstantOfShape", [ones_shape], "ones", value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
-    x0 = node("Concat", ["state", "action", ones], "x_in", axis=1)
+    batch = w.node("Slice", [w.node("Shape", ["state"], "state_shape"), w.init("i0", [0], np.int64),
+                             w.init("i1", [1], np.int64)], "batch")
+    ones_shape = w.node("Concat", [batch, "i1"], "ones_shape", axis=0)
+    ones = w.node("ConstantOfShape", [ones_shape], "ones",
+                  value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+    x0 = w.node("Concat", ["state", "action", ones], "x_in", axis=1)
 
     outs = []
     for e in range(E):
         x = x0
-        for i, (w, b) in enumerate(layers[:-1]):
-            x = node("MatMul", [x, init(f"m{e}/w{i}", w[e])], f"m{e}/mm{i}")
+        for i, (weight, bias) in enumerate(layers[:-1]):
+            x = w.node("MatMul", [x, w.init(f"m{e}/w{i}", weight[e])], f"m{e}/mm{i}")
             if i > 0:
-                x = node("Add", [x, init(f"m{e}/b{i}", b[e])], f"m{e}/pre{i}")
-            x = _activation(node, init, config.activation, x, f"m{e}/act{i}")
-        w, b = layers[-1]
-        outs.append(node("Gemm", [init(f"m{e}/w_out_t", w[e].T), x, init(f"m{e}/b_out_t", b[e][:, None])],
-                         f"m{e}/delta_t", transB=1))  # [S,B]
+                x = w.node("Add", [x, w.init(f"m{e}/b{i}", bias[e])], f"m{e}/pre{i}")
+            x = w.activation(config.activation, x, f"m{e}/act{i}")
+        weight, bias = layers[-1]
+        outs.append(w.node("Gemm", [w.init(f"m{e}/w_out_t", weight[e].T), x, w.init(f"m{e}/b_out_t", bias[e][:, None])],
+                           f"m{e}/delta_t", transB=1))  # [S,B]
     if E == 1:
-        delta = node("Transpose", [outs[0]], "delta", perm=[1, 0])  # [B,S]
+        delta = w.node("Transpose", [outs[0]], "delta", perm=[1, 0])  # [B,S]
     else:
-        stacked = node("Concat", outs, "delta_t", axis=0)  # [E*S,B]: one Concat, no per-member Unsqueeze
-        members = node("Reshape", [stacked, init("member_shape", [E, S, -1], np.int64)], "delta_members")
-        delta = node("Transpose", [members], "delta", perm=[0, 2, 1])  # [E,B,S]
-    nodes.append(helper.make_node("Add", ["state", delta], ["next_state"], name="next_state"))
+        stacked = w.node("Concat", outs, "delta_t", axis=0)  # [E*S,B]: one Concat, no per-member Unsqueeze
+        members = w.node("Reshape", [stacked, w.init("member_shape", [E, S, -1], np.int64)], "delta_members")
+        delta = w.node("Transpose", [members], "delta", perm=[0, 2, 1])  # [E,B,S]
+    w.node("Add", ["state", delta], "next_state")
 
     f32 = TensorProto.FLOAT
     out_shape: list[int | str] = ["B", S] if E == 1 else [E, "B", S]
     graph = helper.make_graph(
-        nodes, "dreamlink_ensemble_world_model",
+        w.nodes, "dreamlink_ensemble_world_model",
         [helper.make_tensor_value_info("state", f32, ["B", S]), helper.make_tensor_value_info("action", f32, ["B", A])],
-        [helper.make_tensor_value_info("next_state", f32, out_shape)], inits,
+        [helper.make_tensor_value_info("next_state", f32, out_shape)], w.inits,
     )
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="dreamlink")
     onnx_model.ir_version = 8
     return onnx_model
-
-
-def _activation(node, init, kind: str, x: str, name: str) -> str:  # type: ignore[no-untyped-def]
-    """The hidden activation in the form ORT fuses: SiLU -> QuickGelu, erf GELU -> Gelu."""
-    if kind == "silu":
-        return node("Mul", [x, node("Sigmoid", [x], name + "/sigmoid")], name)
-    if kind == "relu":
-        return node("Relu", [x], name)
-    if kind == "tanh":
-        return node("Tanh", [x], name)
-    if kind == "gelu":
-        erf = node("Erf", [node("Div", [x, init(name + "/sqrt2", math.sqrt(2.0))], name + "/scaled")], name + "/erf")
-        half = node("Mul", [x, init(name + "/half", 0.5)], name + "/half_x")
-        return node("Mul", [half, node("Add", [erf, init(name + "/one", 1.0)], name + "/one_plus")], name)
-    raise ValueError(f"ensemble_graph: activation {kind!r} has no ONNX form here (silu, relu, tanh, gelu)")
 
 
 def write_ensemble(model: EnsembleWorldModel, path: Path, metadata: dict[str, str], opset: int = 17) -> Path:
