@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,23 @@ class QuadDemoConfig:
     laps: float = 2.0
     wind_mps: float = 2.0
     lockstep_seeds: int = 0  # > 0: fly this many randomised lockstep seeds instead of the real-time pair
-    reuse: bool = False  # keep bundles already built in the output folder
+    reuse: bool = False  # keep the bundles (and the collected data) already in the output folder
+    # The world model: the demo's is 5 x 2 x 64; the calibration study (issue 5) builds 5 x 2 x 256 the same way.
+    hidden: int = 64
+    layers: int = 2
+    ensemble: int = 5
+    workers: int = 1  # lockstep planner flights flown side by side for the distillation (results do not change)
+
+    @property
+    def tag(self) -> str:
+        """Folder-name suffix for a world model that is not the demo's."""
+        shape = (self.hidden, self.layers, self.ensemble)
+        return "" if shape == (64, 2, 5) else f"-h{self.hidden}" + (f"x{self.layers}" if self.layers != 2 else "") + (
+            f"-e{self.ensemble}" if self.ensemble != 5 else "")
+
+
+def transitions_path(out: Path, flavour: str) -> Path:
+    return out / f"{flavour}-transitions.npz"
 
 
 def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
@@ -46,39 +63,53 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
     from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
     from dreamlink.learning.policy import PolicyConfig
     from dreamlink.learning.train import TrainConfig, train_world_model
+    from dreamlink.learning.transitions import TransitionSet
     from dreamlink.learning.world_model import WorldModelConfig
     from dreamlink.reports import plot_kstep
     from dreamlink.spec import QUAD
 
-    bundle_dir = out / f"{flavour}-bundle"
+    bundle_dir = out / f"{flavour}{cfg.tag}-bundle"
+    data_path = transitions_path(out, flavour)
     if cfg.reuse and (bundle_dir / "manifest.json").exists():
         print(f"== {flavour}: reusing {bundle_dir}")
         return bundle_dir
-    print(f"== {flavour}: collect {cfg.flights} randomised lockstep flights of {cfg.seconds:.0f} s")
-    data = collect_quad_flights(flavour, [cfg.seed * 100 + i for i in range(cfg.flights)], cfg.seconds)
-    data.save(out / f"{flavour}-transitions.npz")
+    if cfg.reuse and data_path.exists():
+        print(f"== {flavour}: reusing {data_path}")
+        data = TransitionSet.load(data_path)
+    else:
+        print(f"== {flavour}: collect {cfg.flights} randomised lockstep flights of {cfg.seconds:.0f} s")
+        data = collect_quad_flights(flavour, [cfg.seed * 100 + i for i in range(cfg.flights)], cfg.seconds)
+        data.save(data_path)
     train_set, holdout = data.split_by_episode(1 / cfg.flights, cfg.seed)
-    with _bar(cfg.epochs, f"train {flavour}", "epoch") as bar:
+    shape = f"{cfg.ensemble}x{cfg.layers}x{cfg.hidden}"
+    with _bar(cfg.epochs, f"train {flavour} {shape}", "epoch") as bar:
         result = train_world_model(
             train_set,
-            WorldModelConfig(hidden=64, layers=2, ensemble_size=5, ignore_inputs=QUAD_IGNORE_INPUTS),
+            WorldModelConfig(hidden=cfg.hidden, layers=cfg.layers, ensemble_size=cfg.ensemble,
+                             ignore_inputs=QUAD_IGNORE_INPUTS),
             TrainConfig(epochs=cfg.epochs, seed=cfg.seed),
             lambda e, n, loss: bar.update(1),
         )
-    wm_dir = out / f"{flavour}-world-model"
+    wm_dir = out / f"{flavour}{cfg.tag}-world-model"
     for d in (wm_dir, bundle_dir):
         if d.exists():
             shutil.rmtree(d)
     wm, curve = export_bundle(result.model, QUAD, wm_dir, holdout=holdout, training=result.summary(),
                               planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE)
-    plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
+    plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}{cfg.tag}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
     # One graph run a tick (issue 4's fused planner), with the demo's sampling settings.
     pack_planner_bundle(wm.root, bundle_dir, PlannerGraphConfig(QUAD_PLANNER["samples"], QUAD_PLANNER["horizon"]),
                         noise_sigma=QUAD_PLANNER["noise_sigma"], temperature=QUAD_PLANNER["temperature"])
     shutil.rmtree(wm_dir)
-    print(f"   distil a policy from {DISTIL_FLIGHTS} lockstep planner flights")
-    flights = [fly_planner_lockstep(bundle_dir, flavour, cfg.seed * 100 + 50 + i, out / f"{flavour}-distil-{i}")
-               for i in range(DISTIL_FLIGHTS)]
+    seeds = [cfg.seed * 100 + 50 + i for i in range(DISTIL_FLIGHTS)]
+    with _bar(len(seeds), f"planner flights to distil ({flavour})", "flight") as bar, \
+            ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
+        def fly(i: int) -> Path:
+            folder = fly_planner_lockstep(bundle_dir, flavour, seeds[i], out / f"{flavour}{cfg.tag}-distil-{i}")
+            bar.update(1)
+            return folder
+
+        flights = list(pool.map(fly, range(len(seeds))))
     policy_cfg = PolicyConfig(lookahead_steps=10, epochs=60, seed=cfg.seed)
     with _bar(policy_cfg.epochs, f"distil {flavour}", "epoch") as bar:
         _, distilled = distill_into_bundle(bundle_dir, flights, policy_cfg, lambda e, n, loss: bar.update(1))

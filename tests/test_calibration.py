@@ -136,3 +136,70 @@ def test_budget_is_the_largest_setting_whose_p99_fits() -> None:
     assert best is not None and (best.samples, best.horizon) == (128, 20)
     assert fit_budget(pts, "int8", 0.02, 0.5, max_horizon=10).samples == 128
     assert fit_budget(pts, "int8", 0.002, 0.5) is None
+
+
+def _outcomes(rmse_by_precision: dict[str, list[float]], failed: tuple[str, int] | None = None) -> list:
+    from dreamlink.calibration.closed_loop import FlightOutcome
+
+    return [FlightOutcome(name, seed, (name, seed) != failed, r if (name, seed) != failed else float("nan"),
+                          (name, seed) != failed)
+            for name, rmses in rmse_by_precision.items() for seed, r in enumerate(rmses, start=1)]
+
+
+def test_closed_loop_refusals_name_ratio_landing_and_unflown() -> None:
+    from dreamlink.calibration.calibrate import closed_loop_refusals
+    from dreamlink.calibration.closed_loop import summarise
+
+    fp32 = [0.20, 0.30, 0.25, 0.25]
+    summary = summarise(_outcomes({"fp32": fp32, "a": [r * 1.05 for r in fp32], "b": [r * 1.2 for r in fp32]}))
+    assert summary["a"]["ratio_to_fp32"] == pytest.approx(1.05) and summary["b"]["ratio_to_fp32"] == pytest.approx(1.2)
+    refused = closed_loop_refusals(summary, ["fp32", "a", "b", "c"], max_ratio=1.10)
+    assert set(refused) == {"b", "c"}
+    assert "1.20x" in refused["b"] and "allowed 1.10x" in refused["b"] and "not flown" in refused["c"]
+    assert closed_loop_refusals(summary, ["fp32", "a", "b"], max_ratio=1.25) == {}
+    # a precision that did not land a flight fp32 landed is refused even when its other seeds track well
+    crashed = summarise(_outcomes({"fp32": fp32, "a": fp32}, failed=("a", 2)))
+    assert crashed["a"]["seeds_compared"] == 3 and crashed["a"]["ratio_to_fp32"] == pytest.approx(1.0)
+    assert "landed 3 of 4" in closed_loop_refusals(crashed, ["fp32", "a"], 1.10)["a"]
+
+
+def test_closed_loop_gate_refuses_int8_that_flies_worse_and_keeps_fp32(model_and_data, tmp_path: Path) -> None:
+    """The gate on a real calibration (cart-pole, seconds) with injected flights: the same int8 model is kept
+    when it flies within 10 % of fp32 and refused, with fp32 in the calibrated bundle, when it does not."""
+    import copy
+
+    from dreamlink.calibration.calibrate import apply_closed_loop_gate
+    from dreamlink.calibration.closed_loop import summarise
+    from dreamlink.calibration.report import write_report
+
+    bundle, train, holdout = model_and_data
+    config = CalibrateConfig(precisions=("fp32", "int8_static"), methods=("minmax",), max_k=12,
+                             tolerance=AcceptTolerance(kstep_tolerance=0.1), sweep=TINY_SWEEP, speed_point=(16, 4),
+                             speed_steps=3)
+    calibrated = calibrate(bundle, [train], tmp_path / "out", config, holdout_paths=[holdout])
+    int8 = "int8_static_minmax"
+    assert calibrated.quantization["candidates"] == ["fp32", int8], calibrated.refused
+    # A sweep in which int8 holds the larger budget (measured timings would make the choice load-dependent).
+    calibrated.points = [SweepPoint(n, k, h, p99 * 0.8, p99, 0.0, 0.0) for h in calibrated.sweep_config.horizons
+                         for n, k, p99 in (("fp32", 8, 4.0), ("fp32", 16, 12.0), (int8, 8, 2.0), (int8, 16, 6.0))]
+    fp32 = [0.20, 0.30, 0.25]
+    flights = {"seeds": [1, 2, 3], "laps": 1.0, "flavour": "ardupilot", "planner": {"samples": 16, "horizon": 4}}
+
+    kept = apply_closed_loop_gate(copy.deepcopy(calibrated), {
+        **flights, "summary": summarise(_outcomes({"fp32": fp32, int8: [r * 1.05 for r in fp32]}))})
+    assert kept.chosen == int8 and int8 not in kept.refused
+    assert load_bundle(kept.calibrated_bundle).manifest.files["planner"].precision == "int8"
+
+    gated = apply_closed_loop_gate(calibrated, {
+        **flights, "summary": summarise(_outcomes({"fp32": fp32, int8: [r * 1.3 for r in fp32]}))})
+    assert gated.chosen == "fp32" and gated.refused[int8].startswith("closed loop: mean figure-eight RMSE")
+    assert not gated.verdicts[int8].accepted
+    manifest = load_bundle(gated.calibrated_bundle).manifest
+    cal = manifest.calibration
+    assert manifest.files["planner"].precision == "fp32" and cal["budget"]["precision"] == "fp32"
+    assert cal["quantization"]["chosen"] == "fp32" and int8 in cal["quantization"]["refused"]
+    assert cal["closed_loop"]["chosen_before"] == int8 and cal["closed_loop"]["ratios"][int8] == pytest.approx(1.3)
+    assert json.loads((gated.out_dir / "calibration.json").read_text())["chosen"] == "fp32"
+    text = write_report(gated.out_dir, gated.to_dict(), gated.curves).read_text()
+    assert "REFUSED" in text and f"was {int8} before the flights" in text
+    assert (gated.out_dir / "closed_loop.png").is_file()

@@ -15,16 +15,19 @@ Stages, each measured, each recorded in the calibrated bundle's manifest (`calib
    the source bundle is not changed.
 
 Closed-loop quality (SITL flights) and the report are separate calls (`closed_loop`, `write_report`):
-flights take minutes, and the CLI runs them when asked.
+flights take minutes, and the CLI runs them when asked. When it does, the flights are a gate
+(`apply_closed_loop_gate`): a precision whose figure-eight RMSE is more than `max_ratio` times fp32's on
+the same seeds is refused, and the calibrated bundle is re-packed with the best remaining precision.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,7 @@ from dreamlink.calibration.kstep import KStepCurve
 from dreamlink.calibration.quantize import (
     QuantizeConfig,
     fp16_support,
-    matmul_nodes,
+    matmul_groups,
     quantize_world_model,
 )
 from dreamlink.calibration.reader import TransitionReader, load_transitions
@@ -108,6 +111,10 @@ class CalibrationResult:
     quantization: dict[str, Any] = field(default_factory=dict)
     machine_note: str = ""
     tolerance_used: AcceptTolerance = field(default_factory=lambda: AcceptTolerance(kstep_tolerance=0.4))
+    # What the closed-loop gate needs to choose again and re-pack (not reported: `budget` holds the sweep).
+    points: list[SweepPoint] = field(default_factory=list)
+    sweep_config: SweepConfig = field(default_factory=SweepConfig)
+    manifest_calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def curves(self) -> dict[str, KStepCurve]:
@@ -170,19 +177,21 @@ def _closeness(a: PrecisionAccuracy, v: Verdict) -> tuple[float, float]:
 def _retry_keeping_float(src: Path, models_dir: Path, train: TransitionSet, holdout: TransitionSet,
                          failed: str, config: CalibrateConfig, graph: PlannerGraphConfig, mppi: MppiConfig
                          ) -> tuple[str, Path, PrecisionAccuracy, Verdict] | None:
-    """Keep MatMuls in float, one more per round, greedily: each round tries every remaining MatMul and keeps
-    the one whose model plans closest to fp32; stops at the first model that passes (None: none does before
-    every MatMul would be float, which is fp32)."""
+    """Keep MatMuls in float, one more layer per round, greedily: each round tries every remaining layer
+    (`matmul_groups`: a layer of every ensemble member together) and keeps the one whose model plans closest
+    to fp32; stops at the first model that passes (None: none does before every layer would be float,
+    which is fp32)."""
     base = QuantizeConfig("int8_static", failed.split("_")[2], "_pc" in failed)
-    nodes = matmul_nodes(src)
-    kept: tuple[str, ...] = ()
-    while len(kept) < len(nodes) - 1:
+    groups = matmul_groups(src)
+    kept: tuple[int, ...] = ()
+    while len(kept) < len(groups) - 1:
         trial: dict[str, Path] = {}
-        keep_of: dict[str, tuple[str, ...]] = {}
-        for node in (n for n in nodes if n not in kept):
-            keep = tuple(n for n in nodes if n in kept or n == node)  # in graph order
-            qc = QuantizeConfig(base.precision, base.method, base.per_channel, keep)
-            name = qc.name + "_" + "".join(str(nodes.index(n)) for n in keep)  # e.g. ..._f2_02: nodes 0, 2
+        keep_of: dict[str, tuple[int, ...]] = {}
+        for index in (i for i in range(len(groups)) if i not in kept):
+            keep = tuple(sorted((*kept, index)))
+            qc = QuantizeConfig(base.precision, base.method, base.per_channel,
+                                tuple(name for i in keep for name in groups[i]))
+            name = f"{base.name}_f{len(keep)}_" + "".join(str(i) for i in keep)  # e.g. ..._f2_02: layers 0, 2
             trial[name] = quantize_world_model(src, models_dir / f"world_model_{name}.onnx", qc,
                                                lambda: TransitionReader(train, seed=config.seed))
             keep_of[name] = keep
@@ -190,8 +199,8 @@ def _retry_keeping_float(src: Path, models_dir: Path, train: TransitionSet, hold
                                action_states=config.action_states)
         _, verdicts = judge_precisions(acc, config.tolerance)
         best = min(trial, key=lambda n: _closeness(acc[n], verdicts[n]))
-        log.info("int8 static keeping %s in float: action error %.4f (%s)", keep_of[best], acc[best].action_error,
-                 "accepted" if verdicts[best].accepted else verdicts[best].reason)
+        log.info("int8 static keeping layers %s in float: action error %.4f (%s)", keep_of[best],
+                 acc[best].action_error, "accepted" if verdicts[best].accepted else verdicts[best].reason)
         if verdicts[best].accepted:
             return best, trial[best], acc[best], verdicts[best]
         kept = keep_of[best]
@@ -278,7 +287,10 @@ def calibrate(
     points = sweep(sweep_models, spec, sweep_cfg, holdout.state, lambda d, t: tick("budget", d, t))
     # fp16 computed through casts (no fp16 kernels on this EP) is fp32 with extra work: not a candidate.
     chosen, budget = _choose(points, list(sweep_models), spec, sweep_cfg, horizon)
-    speed = speedup(sweep_models, spec, holdout.state, config.speed_point, config.speed_steps)
+    # The speed-up is reported for the closest int8 static model even when it was refused: what it would have paid.
+    refused_static = [] if ranked or not statics else [min(statics, key=lambda n: _closeness(acc[n], verdicts[n]))]
+    speed = speedup({**sweep_models, **{n: files[n] for n in refused_static}}, spec, holdout.state,
+                    config.speed_point, config.speed_steps)
     for name in files:
         if name not in candidates and name in verdicts and verdicts[name].accepted and name.startswith("int8_static"):
             verdicts[name] = Verdict(name, True, verdicts[name].horizon, verdicts[name].kstep_excess,
@@ -300,20 +312,87 @@ def calibrate(
              **acc["fp32"].curve.to_dict(), "per_precision": per_precision}
     calibration = {"kstep": kstep, "disagreement_threshold": threshold, "budget": budget,
                    "quantization": quantization}
-    target = out / "bundle"
-    if target.exists():
-        shutil.rmtree(target)
-    packed = pack_precision_bundle(bundle.root, target, files[chosen], chosen, planner, calibration)
-    tick("bundle", 1, 1)
     result = CalibrationResult(
         bundle=str(bundle.root), out_dir=out,
         data={"train": len(train), "holdout": len(holdout), "sources": [str(p) for p in data_paths],
               "holdout_episodes": holdout.n_episodes},
         files=files, accuracy=acc, verdicts=verdicts, horizon=horizon, chosen=chosen, refused=refused,
         disagreement_threshold=threshold, fp16=fp16, budget=budget, planner=planner, speedup=speed,
-        calibrated_bundle=packed.root, quantization=quantization, tolerance_used=config.tolerance,
+        quantization=quantization, tolerance_used=config.tolerance, points=points, sweep_config=sweep_cfg,
+        manifest_calibration=calibration,
     )
-    (out / "calibration.json").write_text(json.dumps(result.to_dict(), indent=2, default=_json) + "\n")
+    pack_chosen(result)
+    tick("bundle", 1, 1)
+    return result
+
+
+def pack_chosen(result: CalibrationResult) -> Path:
+    """(Re-)write `<out>/bundle` with the chosen precision's planner graph and `calibration.json`."""
+    target = result.out_dir / "bundle"
+    if target.exists():
+        shutil.rmtree(target)
+    packed = pack_precision_bundle(result.bundle, target, result.files[result.chosen], result.chosen,
+                                   result.planner, result.manifest_calibration)
+    result.calibrated_bundle = packed.root
+    (result.out_dir / "calibration.json").write_text(json.dumps(result.to_dict(), indent=2, default=_json) + "\n")
+    return packed.root
+
+
+def closed_loop_refusals(summary: Mapping[str, Mapping[str, Any]], names: Sequence[str], max_ratio: float,
+                         reference: str = "fp32") -> dict[str, str]:
+    """Which of `names` the closed loop refuses, and why: mean tracking RMSE over the paired seeds more than
+    `max_ratio` times `reference`'s, fewer landed flights than it, no seed every precision completed, or
+    not flown at all (an unflown precision is not known to fly)."""
+    ref = summary.get(reference)
+    refused: dict[str, str] = {}
+    for name in names:
+        if name == reference:
+            continue
+        s = summary.get(name)
+        ratio = float(s["ratio_to_fp32"]) if s is not None else float("nan")
+        if s is None:
+            refused[name] = "closed loop: not flown"
+        elif not math.isfinite(ratio):
+            refused[name] = "closed loop: no seed on which every precision completed its flight"
+        elif ratio > max_ratio:
+            refused[name] = (f"closed loop: mean figure-eight RMSE {s['rmse_mean_m']:.3f} m is {ratio:.2f}x "
+                             f"{reference}'s {ref['rmse_mean_m'] if ref else float('nan'):.3f} m over "
+                             f"{s['seeds_compared']} paired seeds (allowed {max_ratio:.2f}x)")
+        elif ref is not None and s["succeeded"] < ref["succeeded"]:
+            refused[name] = (f"closed loop: landed {s['succeeded']} of {s['flights']} flights, "
+                             f"{reference} {ref['succeeded']}")
+    return refused
+
+
+def apply_closed_loop_gate(result: CalibrationResult, closed_loop: Mapping[str, Any], max_ratio: float = 1.10
+                           ) -> CalibrationResult:
+    """Refuse every candidate precision the flights in `closed_loop` (`summary`: `closed_loop.summarise`)
+    refuse, choose again among the rest (fp32 always remains) from the same budget sweep, record the
+    verdict in the result and the manifest (`calibration.closed_loop`) and re-pack the bundle."""
+    candidates = list(result.quantization.get("candidates", [result.chosen]))
+    refusals = closed_loop_refusals(closed_loop["summary"], candidates, max_ratio)
+    spec = load_bundle(result.bundle).spec
+    before, _ = _choose(result.points, candidates, spec, result.sweep_config, result.horizon)  # without the gate
+    for name, why in refusals.items():
+        result.refused[name] = why
+        v = result.verdicts.get(name)
+        result.verdicts[name] = Verdict(name, False, v.horizon if v else 0, v.kstep_excess if v else 0.0, why)
+    # Chosen again from the same sweep among what passed every gate (nothing refused: the same choice).
+    remaining = [n for n in candidates if n not in refusals]
+    result.chosen, result.budget = _choose(result.points, remaining, spec, result.sweep_config, result.horizon)
+    result.planner = {**result.planner, "samples": result.budget["samples"], "horizon": result.budget["horizon"]}
+    if before in refusals:
+        log.warning("closed loop refused %s (%s); the calibrated bundle keeps %s", before, refusals[before],
+                    result.chosen)
+    gate = {"max_ratio": max_ratio, "chosen_before": before, "chosen": result.chosen, "refused": refusals,
+            "ratios": {n: s["ratio_to_fp32"] for n, s in closed_loop["summary"].items()},
+            "seeds": list(closed_loop.get("seeds", [])), "planner": closed_loop.get("planner")}
+    result.closed_loop = {**closed_loop, "gate": gate}
+    result.quantization = {**result.quantization, "chosen": result.chosen, "refused": dict(result.refused),
+                           "verdicts": {n: v.to_dict() for n, v in result.verdicts.items()}}
+    result.manifest_calibration = {**result.manifest_calibration, "budget": result.budget,
+                                   "quantization": result.quantization, "closed_loop": gate}
+    pack_chosen(result)
     return result
 
 

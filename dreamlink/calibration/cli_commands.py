@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -73,6 +72,11 @@ def add_calibration_commands(sub: argparse._SubParsersAction) -> None:  # type: 
     c.add_argument("--fly-seeds", type=int, default=0, help="closed loop: lockstep quad SITL flights per precision")
     c.add_argument("--fly-planner", type=_kxh, default=None, help="closed loop K x H (default: the calibrated one)")
     c.add_argument("--laps", type=float, default=1.0)
+    c.add_argument("--fly-tolerance", type=float, default=1.10,
+                   help="closed loop gate: a precision whose mean RMSE exceeds this many times fp32's is refused")
+    c.add_argument("--fly-noise", action="store_true",
+                   help="also fly fp32 with only its planner noise seed moved (how noisy the figure is)")
+    c.add_argument("--fly-workers", type=int, default=1, help="lockstep flights side by side")
     c.set_defaults(func=cmd_calibrate)
 
 
@@ -146,35 +150,47 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result.machine_note = (f"Load average {load:.2f} on {os.cpu_count()} cores when timing ended: wall-clock figures "
                            "include time other processes held the core; CPU-time columns do not.")
     if args.fly_seeds > 0:
-        result.closed_loop = fly_precisions(result, args)
-        (out / "calibration.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+        from dreamlink.calibration.calibrate import apply_closed_loop_gate
+
+        apply_closed_loop_gate(result, fly_precisions(result, args.fly_seeds, args.fly_planner, args.autopilot,
+                                                      args.laps, args.fly_tolerance, args.fly_noise,
+                                                      args.fly_workers), args.fly_tolerance)
     report = write_report(out, result.to_dict(), result.curves)
     _print_summary(result, report)
     return EXIT_OK if result.budget and result.budget["fits"] else EXIT_FAILED
 
 
-def fly_precisions(result: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Closed loop: fp32 and the chosen precision (and int8 static if it is not the chosen one)."""
+NOISE_NAME, NOISE_OFFSET = "fp32_noise", 1000  # fp32 again, planner noise seed + 1000: the figure's own noise
+
+
+def fly_precisions(result: Any, n_seeds: int, fly_planner: tuple[int, int] | None = None, flavour: str = "ardupilot",
+                   laps: float = 1.0, max_ratio: float = 1.10, noise: bool = False, workers: int = 1
+                   ) -> dict[str, Any]:
+    """Closed loop, paired seeds 1..n_seeds: fp32 and every candidate precision (each one the gate may keep),
+    at the calibrated planner or `fly_planner` (K, H); with `noise`, fp32 once more on moved planner noise."""
+    import shutil
+
     from dreamlink.calibration.bundles import pack_precision_bundle
     from dreamlink.calibration.closed_loop import closed_loop, summarise
 
-    k, h = args.fly_planner or (result.planner["samples"], result.planner["horizon"])
+    k, h = fly_planner or (result.planner["samples"], result.planner["horizon"])
     planner = {**result.planner, "samples": k, "horizon": h}
-    names = ["fp32", result.chosen] + [n for n in result.quantization["candidates"] if n.startswith("int8_static")]
+    names = ["fp32", result.chosen, *result.quantization["candidates"]]
     bundles = {}
     for name in dict.fromkeys(names):
         target = result.out_dir / "closed_loop" / f"bundle-{name}"
         if target.exists():
-            import shutil
-
             shutil.rmtree(target)
         bundles[name] = pack_precision_bundle(result.bundle, target, result.files[name], name, planner).root
-    seeds = list(range(1, args.fly_seeds + 1))
+    if noise:
+        bundles[NOISE_NAME] = bundles["fp32"]
+    seeds = list(range(1, n_seeds + 1))
     with _bar(len(seeds) * len(bundles), "fly", "flight") as bar:
-        outcomes = closed_loop(bundles, seeds, result.out_dir / "closed_loop", args.autopilot, args.laps,
-                               lambda o: bar.update(1))
-    return {"seeds": seeds, "laps": args.laps, "flavour": args.autopilot, "planner": planner,
-            "summary": summarise(outcomes), "flights": [o.__dict__ for o in outcomes]}
+        outcomes = closed_loop(bundles, seeds, result.out_dir / "closed_loop", flavour, laps,
+                               lambda o: bar.update(1), {NOISE_NAME: NOISE_OFFSET} if noise else None, workers)
+    return {"seeds": seeds, "laps": laps, "flavour": flavour, "planner": planner,
+            "noise_reference": NOISE_NAME if noise else None,
+            "summary": summarise(outcomes, max_ratio=max_ratio), "flights": [o.__dict__ for o in outcomes]}
 
 
 def _print_summary(result: Any, report: Path) -> None:
@@ -192,7 +208,10 @@ def _print_summary(result: Any, report: Path) -> None:
         print(f"speed-up       K={s['samples']} H={s['horizon']}: {ratios}")
     if result.closed_loop:
         for n, s in result.closed_loop["summary"].items():
-            print(f"closed loop    {n}: RMSE {s['rmse_mean_m']:.3f} m over {s['seeds_compared']} seeds "
-                  f"({s['ratio_to_fp32']:.2f}x fp32)")
+            print(f"closed loop    {n}: RMSE mean {s['rmse_mean_m']:.3f} m, median {s['rmse_median_m']:.3f} m over "
+                  f"{s['seeds_compared']} seeds ({s['ratio_to_fp32']:.2f}x fp32)")
+        gate = result.closed_loop.get("gate", {})
+        for n, why in gate.get("refused", {}).items():
+            print(f"  closed loop refused {n}: {why}")
     print(f"bundle         {result.calibrated_bundle}")
     print(f"report         {report}")

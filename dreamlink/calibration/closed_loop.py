@@ -4,7 +4,9 @@ Each flight is what a user runs: a lockstep quad SITL process (its domain parame
 seed) and `dreamlink run --lockstep` in its own process, then the tracking RMSE is read from the
 flight's ticks against the figure-eight (`dreamlink.reports.quad_summary`). Every precision flies
 the same seeds, so the comparison is paired: seed by seed, the same vehicle, wind and planner noise.
-Lockstep makes the result independent of how busy the machine is.
+Lockstep makes the result independent of how busy the machine is, so flights may run side by side
+(`workers`). How noisy the figure is: fly fp32 twice under two names, the second with its planner noise
+seed moved (`noise_offsets`), everything else the same.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,15 +39,16 @@ class FlightOutcome:
 
 
 def fly_figure_eight(bundle: str | os.PathLike[str], out_dir: Path, seed: int, flavour: str = "ardupilot",
-                     laps: float = 1.0, timeout_s: float = 900.0) -> dict[str, Any]:
-    """One lockstep flight of `bundle`; returns the summary of `quad_summary` plus the loop's fallbacks."""
+                     laps: float = 1.0, timeout_s: float = 900.0, run_seed: int | None = None) -> dict[str, Any]:
+    """One lockstep flight of `bundle` against the SITL vehicle of `seed`, planner noise from `run_seed`
+    (default: `seed`); returns the summary of `quad_summary` plus the loop's fallbacks."""
     from dreamlink.reports import load_ticks, quad_summary
     from dreamlink.sim.launcher import SitlProcess
 
     with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", flavour)) as sitl:
         cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect",
                sitl.connect_string, "--lockstep", "--autopilot", flavour, "--laps", str(laps), "--out",
-               str(out_dir), "--seed", str(seed)]
+               str(out_dir), "--seed", str(seed if run_seed is None else run_seed)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"dreamlink run exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
@@ -56,30 +60,51 @@ def fly_figure_eight(bundle: str | os.PathLike[str], out_dir: Path, seed: int, f
 
 def closed_loop(bundles: Mapping[str, str | os.PathLike[str]], seeds: Sequence[int], out_dir: str | os.PathLike[str],
                 flavour: str = "ardupilot", laps: float = 1.0,
-                progress: Callable[[FlightOutcome], None] | None = None) -> list[FlightOutcome]:
-    """Fly every bundle (by precision name) on every seed, seed-major so a cut-short run stays paired."""
+                progress: Callable[[FlightOutcome], None] | None = None,
+                noise_offsets: Mapping[str, int] | None = None, workers: int = 1) -> list[FlightOutcome]:
+    """Fly every bundle (by name) on every seed, seed-major so a cut-short run stays paired; a name in
+    `noise_offsets` plans with noise seed `seed + offset` (its SITL vehicle is still `seed`'s).
+    Outcomes come back in seed-major order whatever `workers` is."""
     out = Path(out_dir)
-    outcomes: list[FlightOutcome] = []
-    for seed in seeds:
-        for name, bundle in bundles.items():
-            folder = out / f"{name}-seed{seed}"
-            try:
-                f = fly_figure_eight(bundle, folder, seed, flavour, laps)
-                o = FlightOutcome(name, seed, True, float(f["tracking_rmse_m"]), f.get("landed_disarmed"),
-                                  dict(f["fallbacks"]))
-            except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError) as e:
-                log.warning("%s seed %d: flight failed: %s", name, seed, e)
-                o = FlightOutcome(name, seed, False, float("nan"), None, {}, f"{type(e).__name__}: {e}"[:500])
-            outcomes.append(o)
-            if progress is not None:
-                progress(o)
-    return outcomes
+    offsets = dict(noise_offsets or {})
+    jobs = [(seed, name, bundle) for seed in seeds for name, bundle in bundles.items()]
+
+    def fly(job: tuple[int, str, str | os.PathLike[str]]) -> FlightOutcome:
+        seed, name, bundle = job
+        folder = out / f"{name}-seed{seed}"
+        try:
+            f = fly_figure_eight(bundle, folder, seed, flavour, laps, run_seed=seed + offsets.get(name, 0))
+            o = FlightOutcome(name, seed, True, float(f["tracking_rmse_m"]), f.get("landed_disarmed"),
+                              dict(f["fallbacks"]))
+        except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError) as e:
+            log.warning("%s seed %d: flight failed: %s", name, seed, e)
+            o = FlightOutcome(name, seed, False, float("nan"), None, {}, f"{type(e).__name__}: {e}"[:500])
+        if progress is not None:
+            progress(o)
+        return o
+
+    if workers <= 1:
+        return [fly(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # each flight is two processes: threads only wait
+        return list(pool.map(fly, jobs))
+
+
+def ratio_interval(rmse: np.ndarray, ref: np.ndarray, level: float = 0.9, resamples: int = 2000
+                   ) -> tuple[float, float]:
+    """A paired bootstrap interval of mean(rmse) / mean(ref) over seeds (seeds resampled together):
+    how far ten seeds pin the ratio down."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(rmse), (resamples, len(rmse)))
+    ratios = rmse[idx].mean(axis=1) / np.maximum(ref[idx].mean(axis=1), 1e-12)
+    tail = (1.0 - level) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 
 
 def summarise(outcomes: Sequence[FlightOutcome], reference: str = "fp32", max_ratio: float = 1.10
               ) -> dict[str, dict[str, Any]]:
     """Per precision: mean/median RMSE over the seeds every precision completed, the ratio of means to
-    `reference`'s, success count, and whether it is within `max_ratio` (e.g. 1.10: 10% worse at most)."""
+    `reference`'s (and its paired-bootstrap 90 % interval), success count, and whether it is within
+    `max_ratio` (e.g. 1.10: 10% worse at most)."""
     names = list(dict.fromkeys(o.precision for o in outcomes))
     by = {(o.precision, o.seed): o for o in outcomes}
     seeds = sorted({o.seed for o in outcomes})
@@ -90,13 +115,15 @@ def summarise(outcomes: Sequence[FlightOutcome], reference: str = "fp32", max_ra
         rmse = [by[(n, s)].tracking_rmse_m for s in common]
         mean = float(np.mean(rmse)) if rmse else float("nan")
         ratio = mean / float(np.mean(ref)) if rmse and ref else float("nan")
+        low, high = ratio_interval(np.array(rmse), np.array(ref)) if rmse and ref else (float("nan"),) * 2
         mine = [o for o in outcomes if o.precision == n]
         out[n] = {
             "flights": len(mine), "succeeded": sum(o.ok and bool(o.landed_disarmed) for o in mine),
             "seeds_compared": len(common), "rmse_mean_m": round(mean, 4),
             "rmse_median_m": round(float(np.median(rmse)), 4) if rmse else float("nan"),
             "rmse_per_seed_m": {str(s): round(r, 4) for s, r in zip(common, rmse, strict=True)},
-            "ratio_to_fp32": round(ratio, 4), "within": bool(np.isfinite(ratio) and ratio <= max_ratio),
+            "ratio_to_fp32": round(ratio, 4), "ratio_ci90": [round(low, 4), round(high, 4)],
+            "within": bool(np.isfinite(ratio) and ratio <= max_ratio),
             "fallback_ticks": int(sum(sum(o.fallbacks.values()) for o in mine)),
         }
     return out

@@ -48,18 +48,43 @@ def plot_latency(sweep: Sequence[Mapping[str, Any]], path: Path, horizon: int, l
     return path
 
 
-def plot_closed_loop(summary: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
-    """Tracking RMSE per seed (dots) and mean (bar) per precision."""
+def plot_closed_loop(summary: Mapping[str, Mapping[str, Any]], path: Path, speed: Mapping[str, Any] | None = None,
+                     max_ratio: float = 1.10, noise: str | None = None) -> Path:
+    """Left: speed-up over fp32 per precision (when measured). Right: tracking RMSE per seed (dots, one line
+    per seed joining the precisions: the pairing), mean (bar) and fp32's mean x `max_ratio` (the gate)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax_s, ax) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     names = list(summary)
+    sp = (speed or {}).get("precisions", {})
+    speed_names = [n for n in names if n in sp] or list(sp)
+    ax_s.bar(range(len(speed_names)), [sp[n]["speedup"] for n in speed_names],
+             color=["C0" if n.startswith("fp32") else "C1" for n in speed_names], alpha=0.7)
+    for i, n in enumerate(speed_names):
+        ax_s.annotate(f"{sp[n]['speedup']:.2f}x", (i, sp[n]["speedup"]), textcoords="offset points", xytext=(0, 4),
+                      ha="center", fontsize=8)
+    ax_s.axhline(1.0, color="grey", lw=1)
+    ax_s.set_xticks(range(len(speed_names)), speed_names, rotation=15, fontsize=8)
+    ax_s.set_ylabel("planning speed-up vs fp32 (wall)")
+    title = f"Speed, K={speed['samples']} x H={speed['horizon']}, one thread" if speed else "Speed: not measured"
+    ax_s.set_title(title, fontsize=9)
+    seeds = sorted({k for s in summary.values() for k in s["rmse_per_seed_m"]}, key=int)
+    for seed in seeds:
+        ys = [summary[n]["rmse_per_seed_m"].get(seed, float("nan")) for n in names]
+        ax.plot(range(len(names)), ys, "-", color="grey", lw=0.6, alpha=0.6)
     for i, name in enumerate(names):
         per_seed = list(summary[name]["rmse_per_seed_m"].values())
-        ax.bar(i, summary[name]["rmse_mean_m"], color="C0" if name.startswith("fp32") else "C1", alpha=0.5)
+        colour = "C2" if name == noise else "C0" if name.startswith("fp32") else "C1"
+        ax.bar(i, summary[name]["rmse_mean_m"], color=colour, alpha=0.5)
         ax.plot([i] * len(per_seed), per_seed, "k.", ms=5)
+        ax.annotate(f"{summary[name]['ratio_to_fp32']:.2f}x", (i, summary[name]["rmse_mean_m"]),
+                    textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
+    if "fp32" in summary and math.isfinite(summary["fp32"]["rmse_mean_m"]):
+        ax.axhline(summary["fp32"]["rmse_mean_m"] * max_ratio, color="C3", ls="--", lw=1,
+                   label=f"gate: {max_ratio:.2f}x fp32 mean")
+        ax.legend(fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
     ax.set_ylabel("figure-eight tracking RMSE (m)")
-    ax.set_title("Closed loop, lockstep quad SITL (bars: mean; dots: seeds)")
+    ax.set_title("Closed loop, lockstep quad SITL (bars: mean; dots/lines: paired seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -134,17 +159,62 @@ def write_report(out_dir: Path, result: Mapping[str, Any], curves: Mapping[str, 
         lines.append("")
     loop = result.get("closed_loop")
     if loop:
-        cl = loop["summary"]
-        lines += ["## Closed loop", "",
-                  f"Figure-eight, {loop['laps']:g} lap, lockstep quad SITL ({loop['flavour']}), seeds {loop['seeds']}, "
-                  f"planner K={loop['planner']['samples']} x H={loop['planner']['horizon']}:", "",
-                  "| precision | flights | landed | mean RMSE m | median RMSE m | vs fp32 | within 10% |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {n} | {s['flights']} | {s['succeeded']} | {_fmt(s['rmse_mean_m'])} | "
-                  f"{_fmt(s['rmse_median_m'])} | {_fmt(s['ratio_to_fp32'])} | {'yes' if s['within'] else 'NO'} |"
-                  for n, s in cl.items()]
-        plot_closed_loop(cl, out_dir / "closed_loop.png")
-        lines += ["", "![closed loop](closed_loop.png)", ""]
+        lines += closed_loop_section(loop, speed)
+        plot_closed_loop(loop["summary"], out_dir / "closed_loop.png", speed,
+                         loop.get("gate", {}).get("max_ratio", 1.10), loop.get("noise_reference"))
+        lines += ["![closed loop](closed_loop.png)", ""]
     path = out_dir / "calibration.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def closed_loop_section(loop: Mapping[str, Any], speed: Mapping[str, Any] | None) -> list[str]:
+    """Markdown: speed-up and closed-loop RMSE side by side per precision, the gate's verdict, per-seed RMSE."""
+    cl = loop["summary"]
+    gate = loop.get("gate", {})
+    max_ratio = gate.get("max_ratio", 1.10)
+    noise = loop.get("noise_reference")
+    sp = (speed or {}).get("precisions", {})
+    point = f"K={speed['samples']} x H={speed['horizon']}" if speed else "–"
+    lines = ["## Speed and closed loop, side by side", "",
+             f"Figure-eight, {loop['laps']:g} lap, lockstep quad SITL ({loop['flavour']}), paired seeds "
+             f"{loop['seeds']} (same seed: same vehicle, wind and planner noise for every precision), planner "
+             f"K={loop['planner']['samples']} x H={loop['planner']['horizon']}. Speed-up: planning step at {point}, "
+             f"one thread. Gate: mean RMSE at most {max_ratio:.2f}x fp32's.", "",
+             f"| precision | speed-up vs fp32 at {point} (wall / CPU) | flights | landed | mean RMSE m | "
+             "median RMSE m | mean vs fp32 (90% CI over seeds) | median vs fp32 | closed-loop gate |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ref_median = cl.get("fp32", {}).get("rmse_median_m", float("nan"))
+    for n, s in cl.items():
+        sv = sp.get(n)
+        speed_cell = f"{sv['speedup']:.2f}x / {sv['cpu_speedup']:.2f}x" if sv else "–"
+        if n == "fp32":
+            verdict = "reference"
+        elif n == noise:
+            verdict = f"fp32, planner noise seed moved: the figure's own noise ({s['ratio_to_fp32']:.2f}x)"
+        elif n in gate.get("refused", {}):
+            verdict = "REFUSED"
+        else:
+            verdict = "passed" if s["within"] else "NOT within"
+        low, high = s.get("ratio_ci90", (float("nan"), float("nan")))
+        ci = f" ({_fmt(low, 2)}-{_fmt(high, 2)})" if n != "fp32" and math.isfinite(low) else ""
+        med_ratio = s["rmse_median_m"] / ref_median if ref_median and math.isfinite(ref_median) else float("nan")
+        lines.append(f"| {n} | {speed_cell} | {s['flights']} | {s['succeeded']} | {_fmt(s['rmse_mean_m'])} | "
+                     f"{_fmt(s['rmse_median_m'])} | {_fmt(s['ratio_to_fp32'], 2)}x{ci} | {_fmt(med_ratio, 2)}x | "
+                     f"{verdict} |")
+    lines.append("")
+    if gate:
+        if gate.get("refused"):
+            lines += [f"- `{n}` refused: {why}" for n, why in gate["refused"].items()]
+        kept = gate.get("chosen")
+        lines += [f"- calibrated bundle: **{kept}**" + (f" (was {gate['chosen_before']} before the flights)"
+                                                         if gate.get("chosen_before") != kept else ""), ""]
+    names = list(cl)
+    seeds = sorted({int(k) for s in cl.values() for k in s["rmse_per_seed_m"]})
+    if seeds:
+        lines += ["Per-seed tracking RMSE (m):", "", "| seed | " + " | ".join(names) + " |",
+                  "| --- |" + " --- |" * len(names)]
+        lines += [f"| {seed} | " + " | ".join(_fmt(cl[n]["rmse_per_seed_m"].get(str(seed))) for n in names) + " |"
+                  for seed in seeds]
+        lines.append("")
+    return lines
