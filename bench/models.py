@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 SPEC = CARTPOLE
 ENSEMBLE = 5
 LAYERS = 2
+ACTIVATION = "silu"  # dreamlink's default
 
 
-def train_model(hidden: int, epochs: int, seed: int = 0, layers: int = LAYERS) -> tuple[EnsembleWorldModel,
-                                                                                      dict[str, float]]:
+def train_model(hidden: int, epochs: int, seed: int = 0, layers: int = LAYERS, activation: str = ACTIVATION
+                ) -> tuple[EnsembleWorldModel, dict[str, float]]:
     data = cartpole_random_force_transitions(episodes=200, length=60, seed=seed)
-    result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ENSEMBLE),
+    result = train_world_model(data, WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ENSEMBLE,
+                                                      activation=activation),
                                TrainConfig(epochs=epochs, seed=seed, threads=2))
     model = result.model.eval()
     return model, result.holdout_one_step_rmse
@@ -56,9 +58,10 @@ class BenchModel:
         return 2 * samples * macs * horizon
 
 
-def build_model(hidden: int, out: Path, epochs: int, layers: int = LAYERS) -> BenchModel:
+def build_model(hidden: int, out: Path, epochs: int, layers: int = LAYERS, activation: str = ACTIVATION
+                ) -> BenchModel:
     torch.manual_seed(0)
-    model, rmse = train_model(hidden, epochs, layers=layers)
+    model, rmse = train_model(hidden, epochs, layers=layers, activation=activation)
     bundle, _ = pack_bundle(out / f"h{hidden}", SPEC, model, training={"holdout_one_step_rmse": rmse})
     return BenchModel(hidden, model, bundle, rmse)
 

@@ -451,7 +451,7 @@ def render(result: dict[str, Any]) -> str:
         f"- Load average at start {tuple(round(x, 2) for x in m['loadavg_start'])}, at end "
         f"{tuple(round(x, 2) for x in result['loadavg_end'])}; {m['date_utc']}",
         f"- Model: cart-pole ensemble world model, {models.ENSEMBLE} members x "
-        f"{result.get('layers', models.LAYERS)} hidden layers, SiLU, "
+        f"{result.get('layers', models.LAYERS)} hidden layers, {result.get('activation', 'silu')}, "
         f"trained {result['train_epochs']} epochs on simulated cart-pole transitions; MPPI noise "
         f"{NOISE_SIGMA} of the half range, temperature {TEMPERATURE}; {result['steps']} timed steps per planner "
         f"after {result['warmup']} warm-up rounds, interleaved",
@@ -549,6 +549,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="", help="thread counts, e.g. 1,2")
     p.add_argument("--layers", type=int, default=models.LAYERS,
                    help=f"hidden layers of the bench models (default {models.LAYERS})")
+    p.add_argument("--activation", default=models.ACTIVATION, choices=("silu", "relu", "tanh", "gelu"),
+                   help=f"hidden activation of the bench models (default {models.ACTIVATION})")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of the bench models (default 5; quick 1)")
     p.add_argument("--rates", default="50,100,200", help="loop rates in Hz for the lateness section")
     p.add_argument("--lateness-ticks", type=int, default=0, help="ticks per lateness run (default 250; quick 60)")
@@ -583,14 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
                               "steps": args.steps, "warmup": args.warmup, "train_epochs": args.epochs,
-                              "layers": args.layers}
+                              "layers": args.layers, "activation": args.activation}
     try:
         log.info("machine and peak")
         result["machine"] = machine.machine_info()
         result["peak"] = machine.measure_peak(args.quick)
         peak = result["peak"]["peak_gflops"]
         log.info("peak %.1f GFLOP/s (%s); training models", peak, result["peak"]["peak_from"])
-        built = {h: models.build_model(h, work, args.epochs, args.layers) for h in args.hidden}
+        built = {h: models.build_model(h, work, args.epochs, args.layers, args.activation) for h in args.hidden}
         result["holdout_rmse"] = {h: m.holdout_rmse for h, m in built.items()}
         result["latency"], bundles = latency_matrix(args, built, work, peak)
         log.info("rollout variants")
