@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +112,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from dreamlink.bundle import BundleError
     from dreamlink.calibration.budget import SweepConfig
-    from dreamlink.calibration.calibrate import CalibrateConfig, calibrate
+    from dreamlink.calibration.calibrate import CalibrateConfig
     from dreamlink.calibration.horizon import AcceptTolerance
-    from dreamlink.calibration.report import write_report
 
     bundle = Path(args.bundle)
     out = Path(args.out) if args.out else bundle.resolve().parent / f"{bundle.resolve().name}-calibrated"
@@ -126,6 +127,36 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"dreamlink calibrate: {e}", file=sys.stderr)
         return EXIT_REFUSED
+    fly = FlySettings(args.fly_seeds, args.fly_planner, args.laps, args.fly_tolerance, args.fly_noise,
+                      args.fly_workers) if args.fly_seeds > 0 else None
+    try:
+        result = calibrate_and_fly(bundle, args.data, out, config, args.holdout, args.autopilot, fly)
+    except (BundleError, ValueError, OSError) as e:
+        print(f"dreamlink calibrate: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    return EXIT_OK if result.budget and result.budget["fits"] else EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class FlySettings:
+    """The closed loop after calibrating: paired lockstep seeds per precision and the gate."""
+
+    seeds: int
+    planner: tuple[int, int] | None = None  # K x H to fly (None: the calibrated planner)
+    laps: float = 1.0
+    tolerance: float = 1.10  # a precision whose mean RMSE exceeds this many times fp32's is refused
+    noise: bool = False  # fp32 once more with only its planner noise moved
+    workers: int = 1
+
+
+def calibrate_and_fly(bundle: Path, data: Sequence[str | os.PathLike[str]], out: Path, config: Any,
+                      holdout: Sequence[str | os.PathLike[str]] = (), flavour: str = "ardupilot",
+                      fly: FlySettings | None = None) -> Any:
+    """`calibrate` with progress bars, then (with `fly`) the closed loop and its gate, the report and a summary
+    on stdout; the CalibrationResult. One path for `dreamlink calibrate` and `make calibrate-quad`."""
+    from dreamlink.calibration.calibrate import apply_closed_loop_gate, calibrate
+    from dreamlink.calibration.report import write_report
+
     bars: dict[str, Any] = {}
 
     def stage(name: str, done: int, total: int) -> None:
@@ -139,25 +170,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             bar.close()
 
     try:
-        result = calibrate(bundle, args.data, out, config, args.holdout, args.autopilot, stage)
-    except (BundleError, ValueError, OSError) as e:
-        print(f"dreamlink calibrate: {e}", file=sys.stderr)
-        return EXIT_REFUSED
+        result = calibrate(bundle, data, out, config, holdout, flavour, stage)
     finally:
         for bar in bars.values():
             bar.close()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    result.machine_note = (f"Load average {load:.2f} on {os.cpu_count()} cores when timing ended: wall-clock figures "
-                           "include time other processes held the core; CPU-time columns do not.")
-    if args.fly_seeds > 0:
-        from dreamlink.calibration.calibrate import apply_closed_loop_gate
-
-        apply_closed_loop_gate(result, fly_precisions(result, args.fly_seeds, args.fly_planner, args.autopilot,
-                                                      args.laps, args.fly_tolerance, args.fly_noise,
-                                                      args.fly_workers), args.fly_tolerance)
+    result.machine_note = (f"Load average {load:.2f} on {os.cpu_count()} cores when timing ended. Speed-ups are "
+                           "ratios of medians of steps interleaved in one process, one thread (load from other "
+                           "processes falls on every precision alike); wall-clock figures include time other "
+                           "processes held the core, CPU-time columns do not.")
+    if fly is not None:
+        loop = fly_precisions(result, fly.seeds, fly.planner, flavour, fly.laps, fly.tolerance, fly.noise,
+                              fly.workers)
+        apply_closed_loop_gate(result, loop, fly.tolerance)
     report = write_report(out, result.to_dict(), result.curves)
     _print_summary(result, report)
-    return EXIT_OK if result.budget and result.budget["fits"] else EXIT_FAILED
+    return result
 
 
 NOISE_NAME, NOISE_OFFSET = "fp32_noise", 1000  # fp32 again, planner noise seed + 1000: the figure's own noise

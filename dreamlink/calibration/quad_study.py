@@ -18,7 +18,6 @@ Takes a while (tens of minutes on two cores); `--reuse` keeps a bundle already b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,34 +70,13 @@ def calibrate_config(max_action_error: float) -> Any:
 
 
 def run(out: Path, cfg: StudyConfig) -> int:
-    from dreamlink.calibration.calibrate import apply_closed_loop_gate, calibrate
-    from dreamlink.calibration.cli_commands import _bar, _print_summary, fly_precisions
-    from dreamlink.calibration.report import write_report
+    from dreamlink.calibration.cli_commands import FlySettings, calibrate_and_fly
 
     out.mkdir(parents=True, exist_ok=True)
     bundle, data = build_bundle(out, cfg)
-    bars: dict[str, Any] = {}
-
-    def stage(name: str, done: int, total: int) -> None:
-        bar = bars.get(name) or bars.setdefault(name, _bar(total, name, "step"))
-        bar.total, bar.n = total, done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    result = calibrate(bundle, [data], out / "calibration", calibrate_config(cfg.max_action_error),
-                       profile_kind=cfg.flavour, stage=stage)
-    for bar in bars.values():
-        bar.close()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    result.machine_note = (f"Load average {load:.2f} on {os.cpu_count()} cores when timing ended. Speed-ups are "
-                           "ratios of medians of steps interleaved in one process, one thread (load from other "
-                           "processes falls on every precision alike; the CPU-time column leaves it out).")
-    loop = fly_precisions(result, cfg.fly_seeds, cfg.fly_planner, cfg.flavour, cfg.laps, cfg.fly_tolerance,
-                          cfg.noise, cfg.workers)
-    apply_closed_loop_gate(result, loop, cfg.fly_tolerance)
-    report = write_report(result.out_dir, result.to_dict(), result.curves)
-    _print_summary(result, report)
+    calibrate_and_fly(bundle, [data], out / "calibration", calibrate_config(cfg.max_action_error), flavour=cfg.flavour,
+                      fly=FlySettings(cfg.fly_seeds, cfg.fly_planner, cfg.laps, cfg.fly_tolerance, cfg.noise,
+                                      cfg.workers))
     return 0
 
 
