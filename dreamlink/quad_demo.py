@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,20 +120,12 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
 def fly_figure8(bundle: Path, flavour: str, out: Path, sitl_seed: int, laps: float, wind_mps: float | None,
                 lockstep: bool, baseline: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """One figure-eight flight of `dreamlink run` in its own process against a new SITL; (summary, tracking)."""
+    from dreamlink.campaign.quad_run import fly_quad_process
     from dreamlink.reports import load_ticks, plot_quad_path, quad_summary
-    from dreamlink.runtime.onboard import SUMMARY_NAME
-    from dreamlink.sim.launcher import SitlProcess
 
-    extra = ("--flavour", flavour) + (("--wind-mps", str(wind_mps)) if wind_mps is not None else ())
-    with SitlProcess("quad", lockstep=lockstep, seed=sitl_seed, extra_args=extra) as sitl:
-        cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect",
-               sitl.connect_string, "--autopilot", flavour, "--laps", str(laps), "--out", str(out)]
-        cmd += (["--lockstep"] if lockstep else []) + (["--baseline"] if baseline else [])
-        proc = subprocess.run(cmd, check=False, capture_output=lockstep, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or "")[-1500:] if lockstep else ""
-        raise RuntimeError(f"runtime process for {out} failed with exit code {proc.returncode} {tail}")
-    summary = json.loads((out / SUMMARY_NAME).read_text())
+    wind = ("--wind-mps", str(wind_mps)) if wind_mps is not None else ()
+    summary = fly_quad_process(bundle, flavour, sitl_seed, out, laps=laps, lockstep=lockstep, sitl_args=wind,
+                               run_args=("--baseline",) if baseline else (), timeout_s=None)
     ticks = load_ticks(out / "ticks.npz")
     tracking = quad_summary(ticks, summary["mission"])
     plot_quad_path(ticks, summary["mission"], out / "path3d.png",

@@ -11,11 +11,9 @@ seed moved (`noise_offsets`), everything else the same.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,17 +40,11 @@ def fly_figure_eight(bundle: str | os.PathLike[str], out_dir: Path, seed: int, f
                      laps: float = 1.0, timeout_s: float = 900.0, run_seed: int | None = None) -> dict[str, Any]:
     """One lockstep flight of `bundle` against the SITL vehicle of `seed`, planner noise from `run_seed`
     (default: `seed`); returns the summary of `quad_summary` plus the loop's fallbacks."""
+    from dreamlink.campaign.quad_run import fly_quad_process
     from dreamlink.reports import load_ticks, quad_summary
-    from dreamlink.sim.launcher import SitlProcess
 
-    with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", flavour)) as sitl:
-        cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect",
-               sitl.connect_string, "--lockstep", "--autopilot", flavour, "--laps", str(laps), "--out",
-               str(out_dir), "--seed", str(seed if run_seed is None else run_seed)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dreamlink run exited {proc.returncode}: {(proc.stderr or proc.stdout)[-1500:]}")
-    summary = json.loads((out_dir / "summary.json").read_text())
+    summary = fly_quad_process(bundle, flavour, seed, out_dir, laps=laps, timeout_s=timeout_s,
+                               run_seed=seed if run_seed is None else run_seed)
     flight = quad_summary(load_ticks(out_dir / "ticks.npz"), summary["mission"])
     flight["fallbacks"] = summary["stats"].get("fallbacks", {})
     return flight

@@ -8,8 +8,6 @@ are the states the policy will be asked about when it stands in for it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,9 @@ from dreamlink.bundle import Bundle, load_bundle
 def fly_planner_lockstep(bundle: Path, flavour: str, seed: int, out: Path, laps: float = 1.0,
                          extra: Sequence[str] = ()) -> Path:
     """One lockstep figure-eight flight of `dreamlink run` (no policy) against a randomised SITL; its folder."""
-    from dreamlink.sim.launcher import SitlProcess
+    from dreamlink.campaign.quad_run import fly_quad_process
 
-    with SitlProcess("quad", lockstep=True, seed=seed, extra_args=("--flavour", flavour)) as sitl:
-        cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect", sitl.connect_string,
-               "--lockstep", "--autopilot", flavour, "--laps", str(laps), "--out", str(out), "--no-policy",
-               "--seed", str(seed), *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"planner flight {out} failed (exit {proc.returncode}): {proc.stderr[-1500:]}")
+    fly_quad_process(bundle, flavour, seed, out, laps=laps, run_seed=seed, run_args=("--no-policy", *extra))
     return out
 
 
