@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
 
-.PHONY: venv demo demo-quad quad-seeds test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad
+.PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,17 @@ demo-quad: venv
 
 quad-seeds: venv
 	$(BIN)/dreamlink demo quad --out runs/demo-quad $(QUAD_ARGS) --reuse --lockstep-seeds 20 --laps 1
+
+# The world model's activation decided by flights (session 4): the demo's recipe and data, one world model per
+# activation, 10 paired lockstep seeds per autopilot; runs/activation-study/seeds-paired.md. About 12 min from
+# scratch (data collection included); ACTIVATION_ARGS="--hidden 256 --autopilot px4" for the benchmark's width.
+ACTIVATION_OUT ?= runs/activation-study
+ACTIVATION_ARGS ?=
+activation-study: venv
+	for act in silu relu; do \
+	  $(BIN)/dreamlink demo quad --out $(ACTIVATION_OUT) $(QUAD_ARGS) --reuse --lockstep-seeds 10 --laps 1 \
+	    --activation $$act $(ACTIVATION_ARGS) || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

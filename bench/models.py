@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SPEC = CARTPOLE
 ENSEMBLE = 5
 LAYERS = 2
-ACTIVATION = "silu"  # dreamlink's default
+ACTIVATION = WorldModelConfig().activation  # dreamlink's default
 
 
 def train_model(hidden: int, epochs: int, seed: int = 0, layers: int = LAYERS, activation: str = ACTIVATION

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/planner_bench.py [--quick] [--out runs/bench]
 
-For K x H in {256x15, 512x15, 1024x20}, hidden 128 and 256 (2 hidden layers, ensemble of 5,
-SiLU: dreamlink's default model), 1 and 2 threads, it times one planning step of
+For K x H in {256x15, 512x15, 1024x20}, hidden 128 and 256 (2 hidden layers, ensemble of 5, ReLU:
+dreamlink's default model; `--activation` and `--layers` change it), 1 and 2 threads, it times one planning step of
   (a) pytorch-mppi 0.9.1 on the same torch model (torch.inference_mode),
   (b) the same MPPI update as plain torch eager code, batched over K,
   (c) dreamlink's fused planner graph, fp32, loaded from a bundle (FusedPlanner),
@@ -48,6 +48,7 @@ import models  # noqa: E402
 import peers  # noqa: E402
 
 from dreamlink.bundle import Bundle  # noqa: E402
+from dreamlink.learning import ACTIVATIONS  # noqa: E402
 from dreamlink.learning.train import save_checkpoint  # noqa: E402
 from dreamlink.runtime.clock import MonotonicClock  # noqa: E402
 from dreamlink.runtime.fused import FusedPlanner  # noqa: E402
@@ -451,7 +452,7 @@ def render(result: dict[str, Any]) -> str:
         f"- Load average at start {tuple(round(x, 2) for x in m['loadavg_start'])}, at end "
         f"{tuple(round(x, 2) for x in result['loadavg_end'])}; {m['date_utc']}",
         f"- Model: cart-pole ensemble world model, {models.ENSEMBLE} members x "
-        f"{result.get('layers', models.LAYERS)} hidden layers, {result.get('activation', 'silu')}, "
+        f"{result.get('layers', models.LAYERS)} hidden layers, {result.get('activation', models.ACTIVATION)}, "
         f"trained {result['train_epochs']} epochs on simulated cart-pole transitions; MPPI noise "
         f"{NOISE_SIGMA} of the half range, temperature {TEMPERATURE}; {result['steps']} timed steps per planner "
         f"after {result['warmup']} warm-up rounds, interleaved",
@@ -491,9 +492,9 @@ def render(result: dict[str, Any]) -> str:
                   f"Matmul kernels: {100 * an['matmul_share']:.1f}% of the step; on their own they run at "
                   f"{an['matmul_kernel_gflops']:.1f} GFLOP/s = {an['matmul_kernel_pct_peak']:.1f}% of the peak. "
                   "(Gemm: the hidden and output layers with their biases fused in; MatMul: the first layer, "
-                  "whose bias rides on a ones column.) The rest (SiLU as ORT's fused QuickGelu, the ensemble "
-                  "mean, the cost, the copies between steps) is elementwise work the FLOP count does not "
-                  "include, and it caps the whole step's share."]
+                  "whose bias rides on a ones column; a ReLU rides in the Gemm as FusedGemm.) The rest (a SiLU as "
+                  "ORT's fused QuickGelu, the ensemble mean, the cost, the copies between steps) is elementwise "
+                  "work the FLOP count does not include, and it caps the whole step's share."]
     if result.get("accuracy"):
         parts += ["", "## Plan accuracy (same noise, from near-upright states; action range +/-10 N)", "",
                   _table(["hidden", "K x H", "states", "int8 vs fp32: max |plan diff| N", "% of half range",
@@ -549,7 +550,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", default="", help="thread counts, e.g. 1,2")
     p.add_argument("--layers", type=int, default=models.LAYERS,
                    help=f"hidden layers of the bench models (default {models.LAYERS})")
-    p.add_argument("--activation", default=models.ACTIVATION, choices=("silu", "relu", "tanh", "gelu"),
+    p.add_argument("--activation", default=models.ACTIVATION, choices=ACTIVATIONS,
                    help=f"hidden activation of the bench models (default {models.ACTIVATION})")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of the bench models (default 5; quick 1)")
     p.add_argument("--rates", default="50,100,200", help="loop rates in Hz for the lateness section")

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dreamlink.learning import ACTIVATIONS
 from dreamlink.spec import SPECS
 
 
@@ -61,7 +62,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # a .json is a campaign's shard manifest (`dreamlink campaign collect`): its shards, hash-checked
     data = TransitionSet.concat([load_shards(p) if p.endswith(".json") else TransitionSet.load(p) for p in args.data])
-    result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed)
+    result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed,
+                                 args.activation)
     save_checkpoint(result.model, args.out)
     print(f"holdout one-step RMSE: {json.dumps(result.holdout_one_step_rmse)}")
     print(f"wrote {args.out}")
@@ -147,7 +149,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from dreamlink.quad_demo import QuadDemoConfig, demo_quad
 
         return demo_quad(out, QuadDemoConfig(args.seed, args.flights, args.seconds, args.epochs, args.laps,
-                                             args.wind_mps, args.lockstep_seeds, args.reuse))
+                                             args.wind_mps, args.lockstep_seeds, args.reuse,
+                                             hidden=args.hidden, activation=args.activation,
+                                             autopilots=tuple(args.autopilot or ("ardupilot", "px4"))))
     return demo_cartpole(Path(args.out), args.seed, args.transitions, args.ticks, args.epochs)
 
 
@@ -172,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lockstep-seeds", type=int, default=0,
                    help="quad: fly N randomised lockstep seeds per flavour and control (RMSE table) instead")
     d.add_argument("--reuse", action="store_true", help="quad: reuse bundles already built in --out")
+    d.add_argument("--hidden", type=_positive_int, default=64, help="quad: the world model's hidden width")
+    d.add_argument("--autopilot", choices=["ardupilot", "px4"], action="append",
+                   help="quad: only this autopilot flavour (repeatable; default both)")
+    d.add_argument("--activation", choices=ACTIVATIONS, default="",
+                   help="quad: the world model's hidden activation (default: dreamlink's); bundles get a suffix")
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP")
@@ -196,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_positive_int, default=64)
     t.add_argument("--layers", type=_positive_int, default=2)
     t.add_argument("--ensemble", type=_positive_int, default=5)
+    t.add_argument("--activation", choices=ACTIVATIONS, default="", help="hidden activation (default: dreamlink's)")
     t.add_argument("--epochs", type=_positive_int, default=40)
     t.add_argument("--seed", type=_positive_int, default=0)
     t.set_defaults(func=cmd_train)

@@ -50,7 +50,8 @@ def collect_with_progress(spec: VehicleSpec, transitions: int, seed: int, connec
         return run(sitl.connect_string)
 
 
-def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epochs: int, seed: int) -> Any:
+def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epochs: int, seed: int,
+                        activation: str = "") -> Any:
     from dreamlink.learning.train import TrainConfig, train_world_model
     from dreamlink.learning.transitions import TransitionSet
     from dreamlink.learning.world_model import WorldModelConfig
@@ -65,7 +66,8 @@ def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epoc
 
         return train_world_model(
             data,
-            WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ensemble),
+            WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ensemble,
+                             **({"activation": activation} if activation else {})),
             TrainConfig(epochs=epochs, seed=seed),
             progress,
         )

@@ -41,14 +41,17 @@ class QuadDemoConfig:
     hidden: int = 64
     layers: int = 2
     ensemble: int = 5
+    activation: str = ""  # "": dreamlink's default (WorldModelConfig.activation)
+    autopilots: tuple[str, ...] = FLAVOURS  # which autopilot flavours to build and fly
     workers: int = 1  # lockstep planner flights flown side by side for the distillation (results do not change)
 
     @property
     def tag(self) -> str:
         """Folder-name suffix for a world model that is not the demo's."""
         shape = (self.hidden, self.layers, self.ensemble)
-        return "" if shape == (64, 2, 5) else f"-h{self.hidden}" + (f"x{self.layers}" if self.layers != 2 else "") + (
+        tag = "" if shape == (64, 2, 5) else f"-h{self.hidden}" + (f"x{self.layers}" if self.layers != 2 else "") + (
             f"-e{self.ensemble}" if self.ensemble != 5 else "")
+        return tag + (f"-{self.activation}" if self.activation else "")
 
 
 def transitions_path(out: Path, flavour: str) -> Path:
@@ -79,12 +82,13 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
         data = collect_quad_flights(flavour, [cfg.seed * 100 + i for i in range(cfg.flights)], cfg.seconds)
         data.save(data_path)
     train_set, holdout = data.split_by_episode(1 / cfg.flights, cfg.seed)
-    shape = f"{cfg.ensemble}x{cfg.layers}x{cfg.hidden}"
+    shape = f"{cfg.ensemble}x{cfg.layers}x{cfg.hidden}" + (f" {cfg.activation}" if cfg.activation else "")
     with _bar(cfg.epochs, f"train {flavour} {shape}", "epoch") as bar:
         result = train_world_model(
             train_set,
             WorldModelConfig(hidden=cfg.hidden, layers=cfg.layers, ensemble_size=cfg.ensemble,
-                             ignore_inputs=QUAD_IGNORE_INPUTS),
+                             ignore_inputs=QUAD_IGNORE_INPUTS,
+                             **({"activation": cfg.activation} if cfg.activation else {})),
             TrainConfig(epochs=cfg.epochs, seed=cfg.seed),
             lambda e, n, loss: bar.update(1),
         )
@@ -137,7 +141,7 @@ def fly_figure8(bundle: Path, flavour: str, out: Path, sitl_seed: int, laps: flo
 def demo_quad(out: Path, cfg: QuadDemoConfig) -> int:
     """Both flavours: build the bundle, then the real-time pair (or the lockstep seed sweep); print the table."""
     out.mkdir(parents=True, exist_ok=True)
-    bundles = {flavour: build_quad_bundle(out, flavour, cfg) for flavour in FLAVOURS}
+    bundles = {flavour: build_quad_bundle(out, flavour, cfg) for flavour in cfg.autopilots}
     if cfg.lockstep_seeds > 0:
         return _lockstep_seeds(out, bundles, cfg)
     rows = []
@@ -170,7 +174,7 @@ def _lockstep_seeds(out: Path, bundles: dict[str, Path], cfg: QuadDemoConfig) ->
         for flavour, bundle in bundles.items():
             for seed in seeds:
                 for mode in ("planner",):
-                    where = out / "seeds" / f"{flavour}-{mode}-{seed}"
+                    where = out / f"seeds{cfg.tag}" / f"{flavour}-{mode}-{seed}"
                     try:
                         summary, q = fly_figure8(bundle, flavour, where, seed, cfg.laps, None, lockstep=True,
                                                  baseline=mode == "baseline")
@@ -199,8 +203,45 @@ def _lockstep_seeds(out: Path, bundles: dict[str, Path], cfg: QuadDemoConfig) ->
             landed = sum(bool(r["landed_disarmed"]) for r in sel)
             summary_lines.append(f"| {flavour} | {mode} | {len(sel)} | {landed} | {med} | {worst} |")
     text = "\n".join(lines + summary_lines) + "\n"
-    (out / "seeds.md").write_text(text)
-    (out / "seeds.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    (out / f"seeds{cfg.tag}.md").write_text(text)
+    (out / f"seeds{cfg.tag}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     print(text)
-    print(f"table: {out / 'seeds.md'}")
+    print(f"table: {out / f'seeds{cfg.tag}.md'}")
+    tables = {p.stem[len("seeds"):].lstrip("-") or "default": json.loads(p.read_text())
+              for p in sorted(out.glob("seeds*.json"), key=lambda p: p.stat().st_mtime)}  # first flown: reference
+    if len(tables) > 1:
+        paired = paired_seed_table(tables)
+        (out / "seeds-paired.md").write_text(paired)
+        print(paired)
+        print(f"paired table: {out / 'seeds-paired.md'}")
     return 0 if all(r["landed_disarmed"] for r in rows) else 1
+
+
+def paired_seed_table(tables: dict[str, list[dict[str, Any]]]) -> str:
+    """Lockstep seed sweeps of several world models (same seeds, same data) side by side, per autopilot.
+
+    The first table is the reference (the sweep flown first): each other model's mean RMSE over the seeds
+    both landed, its ratio to the reference's, and on how many seeds it tracked better.
+    """
+    names = list(tables)
+    ref_name = names[0]
+    lines = [f"| autopilot | world model | flights | landed | mean RMSE (m) | median RMSE (m) | worst (m) "
+             f"| mean / {ref_name} | seeds better than {ref_name} |", "| --- " * 9 + "|"]
+    flavours = sorted({r["autopilot"] for rows in tables.values() for r in rows})
+    for flavour in flavours:
+        ref = {r["seed"]: r["tracking_rmse_m"] for r in tables[ref_name] if r["autopilot"] == flavour}
+        for name in names:
+            sel = [r for r in tables[name] if r["autopilot"] == flavour]
+            rmse = {r["seed"]: r["tracking_rmse_m"] for r in sel}
+            flown = sorted(v for v in rmse.values() if v is not None)
+            if not flown:
+                lines.append(f"| {flavour} | {name} | {len(sel)} | 0 | - | - | - | - | - |")
+                continue
+            both = [s for s in rmse if rmse[s] is not None and ref.get(s) is not None]
+            ratio = (sum(rmse[s] for s in both) / sum(ref[s] for s in both)) if both else float("nan")
+            better = sum(rmse[s] < ref[s] for s in both)
+            landed = sum(bool(r["landed_disarmed"]) for r in sel)
+            lines.append(f"| {flavour} | {name} | {len(sel)} | {landed} | {sum(flown) / len(flown):.3f} | "
+                         f"{flown[len(flown) // 2]:.3f} | {flown[-1]:.3f} | {ratio:.2f} | "
+                         f"{better if name != ref_name else '-'}/{len(both)} |")
+    return "\n".join(lines) + "\n"

@@ -120,6 +120,7 @@ def test_signed_link_never_delivers_a_mutated_signed_frame(signed_link: Link, da
     assert accounted(signed_link) > total_before
 
 
+@pytest.mark.sitl  # reads what the sitl-marked fuzzing above left: deselected with it
 def test_links_still_work_after_fuzzing(plain_link: Link, signed_link: Link) -> None:
     assert still_hears_valid_frames(plain_link)
     assert still_hears_valid_frames(signed_link, KEY)
@@ -193,6 +194,7 @@ def test_sitl_survives_hostile_datagrams(board: Board, data: bytes) -> None:
     board.send(data)
 
 
+@pytest.mark.sitl  # reads what the sitl-marked fuzzing above left: deselected with it
 def test_sitl_still_answers_after_fuzzing(board: Board) -> None:
     assert board.sitl.returncode is None, board.sitl.output_tail()
     assert board.link.wait_for("HEARTBEAT", 2.5) is not None

@@ -192,3 +192,16 @@ def test_learning_package_imports_without_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_torch_free_activation_names_are_the_models():
+    # The CLI offers dreamlink.learning.ACTIVATIONS without importing torch; each must build a model, and no other.
+    from dreamlink.learning import ACTIVATIONS
+    from dreamlink.learning.world_model import _ACTIVATIONS
+
+    assert tuple(_ACTIVATIONS) == ACTIVATIONS
+    spec = VehicleSpec("toy", (Component("x", "m", -1, 1),), (Component("u", "", -1, 1),), 0.1)
+    for name in ACTIVATIONS:
+        EnsembleWorldModel(spec, WorldModelConfig(hidden=4, activation=name))
+    with pytest.raises(ValueError, match=r"WorldModelConfig\.activation"):
+        WorldModelConfig(activation="swish")

@@ -90,16 +90,19 @@ def test_calibration_reader_feeds_static_quantization(model, tmp_path: Path) -> 
                                  lambda: TransitionReader(cartpole_random_force_transitions(5, 10, seed=5).subset(
                                      np.arange(20)), batch=20, random_action_share=0.0))
     assert _scales(out) != _scales(other)
-    # ORT turns each quantized MatMul into an integer MatMul with a float output, once its MatMul+Add -> Gemm
-    # fusion is kept off (it would run first and leave a float Gemm on dequantized weights)
+    # ORT turns each quantized MatMul into an integer MatMul (MatMulIntegerToFloat; QLinearMatMul where a ReLU
+    # lets the int8 output feed the next layer), once its MatMul+Add -> Gemm fusion is kept off: that fusion
+    # runs first and leaves a float (Fused)Gemm on dequantized weights
     optimize_offline(out, tmp_path / "opt.onnx")
     fused = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-    assert fused["MatMulIntegerToFloat"] == 2 * 3 and fused["QLinearMatMul"] == 0 and fused["Gemm"] == 3
+    integer = fused["MatMulIntegerToFloat"] + fused["QLinearMatMul"]
+    assert integer == 2 * 3 and fused["MatMul"] == 0 and fused["Gemm"] + fused["FusedGemm"] == 3
     unguarded = ort.SessionOptions()
     unguarded.optimized_model_filepath = str(tmp_path / "unguarded.onnx")
     ort.InferenceSession(str(out), unguarded, providers=["CPUExecutionProvider"])
     unguarded_ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "unguarded.onnx")).graph.node)
-    assert unguarded_ops["MatMulIntegerToFloat"] == 3
+    assert unguarded_ops["MatMulIntegerToFloat"] + unguarded_ops["QLinearMatMul"] == 3
+    assert unguarded_ops["Gemm"] + unguarded_ops["FusedGemm"] == 2 * 3
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert meta["dreamlink.precision"] == "int8_static_minmax" and "dreamlink.spec" in meta
     fp32, int8 = one_step_error(predictor(src), holdout), one_step_error(predictor(out), holdout)

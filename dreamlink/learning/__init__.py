@@ -10,6 +10,9 @@ from typing import Any
 
 from dreamlink.learning.transitions import TransitionError, TransitionSet
 
+# The hidden activations `WorldModelConfig` accepts, named here so torch-free code (the CLI) can offer them.
+ACTIVATIONS = ("silu", "relu", "tanh", "gelu")
+
 _TORCH_NAMES = {
     "EnsembleWorldModel": "dreamlink.learning.world_model",
     "WorldModelConfig": "dreamlink.learning.world_model",
@@ -20,7 +23,7 @@ _TORCH_NAMES = {
     "load_checkpoint": "dreamlink.learning.train",
 }
 
-__all__ = ["TransitionError", "TransitionSet", *_TORCH_NAMES]
+__all__ = ["ACTIVATIONS", "TransitionError", "TransitionSet", *_TORCH_NAMES]
 
 
 def __getattr__(name: str) -> Any:
