@@ -270,7 +270,7 @@ def anatomy(args: argparse.Namespace, bundles: dict[tuple[int, int, int, str], B
     timing = interleaved({"fused": FusedStepper(planner).step}, 30, 3)["fused"]
     median_s = float(np.median(timing.seconds))
     flops = built[hidden].flops_per_step(K, H)
-    matmul_share = sum(v for k, v in by_op.items() if "MatMul" in k or k == "Gemm") / total
+    matmul_share = sum(v for k, v in by_op.items() if "MatMul" in k or k.endswith("Gemm")) / total  # FusedGemm: + ReLU
     return {
         "planner": f"K={K} H={H} hidden {hidden} fp32", "median_ms": median_s * 1e3,
         "shares": sorted(((k, v / total) for k, v in by_op.items()), key=lambda kv: -kv[1]),

@@ -287,3 +287,17 @@ def test_sigterm_stops_the_board_cleanly() -> None:
         assert "board stopped" in sitl.output_tail()
     finally:
         sitl.close()
+
+
+@pytest.mark.sitl
+def test_a_chosen_port_taken_before_start_is_chosen_again() -> None:
+    # Flights side by side: another process's socket may take the port SitlProcess chose before start() binds it.
+    sitl = SitlProcess("cartpole", lockstep=True)
+    taken = sitl.port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        with sitl:
+            assert sitl.port != taken and sitl.returncode is None and sitl.vehicle_address is not None
+        # a port the caller named is the caller's to fix
+        with pytest.raises(SitlError, match=rf"udp:127\.0\.0\.1:{taken} is not free"):
+            SitlProcess("cartpole", port=taken).start()

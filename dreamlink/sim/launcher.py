@@ -50,6 +50,7 @@ class SitlProcess:
             raise ValueError(f"SitlProcess.vehicle: expected one of {VEHICLES}, got {vehicle!r}")
         self.vehicle = vehicle
         self.port = port if port is not None else free_udp_port()
+        self._port_chosen_here = port is None  # a port we picked may be taken before start(): pick again then
         self.lockstep = lockstep
         self.seed = seed
         self.extra_args = tuple(extra_args)
@@ -86,10 +87,7 @@ class SitlProcess:
             raise SitlError("SitlProcess.start: already started")
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            try:
-                listener.bind(("127.0.0.1", self.port))
-            except OSError as exc:
-                raise SitlError(f"SITL port udp:127.0.0.1:{self.port} is not free ({exc}); pick another port") from exc
+            self._bind(listener)
             # stderr to a file, not a pipe: nobody drains a pipe during a long flight and a full pipe
             # would block the simulator's logging.
             self._log = tempfile.TemporaryFile(prefix=f"sitl-{self.vehicle}-")
@@ -105,6 +103,21 @@ class SitlProcess:
             raise
         listener.close()
         return self
+
+    def _bind(self, listener: socket.socket, attempts: int = 5) -> None:
+        """Bind the port the SITL will send to. A port `free_udp_port` chose can be taken in the meantime by
+        another process's ephemeral socket (flights run side by side): then choose again; a port the caller
+        named is an error."""
+        for attempt in range(attempts):
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                return
+            except OSError as exc:
+                if not self._port_chosen_here or attempt == attempts - 1:
+                    raise SitlError(f"SITL port udp:127.0.0.1:{self.port} is not free ({exc}); pick another port"
+                                    ) from exc
+                log.info("SITL port %d was taken since it was chosen; choosing another", self.port)
+                self.port = free_udp_port()
 
     def _await_heartbeat(self, listener: socket.socket) -> None:
         parser = new_parser()
