@@ -146,12 +146,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.vehicle == "quad":
         out = Path(args.out if args.out != "runs/demo-cartpole" else "runs/demo-quad")
-        from dreamlink.quad_demo import QuadDemoConfig, demo_quad
+        from dreamlink.quad_demo import FLAVOURS, QuadDemoConfig, demo_quad
 
         return demo_quad(out, QuadDemoConfig(args.seed, args.flights, args.seconds, args.epochs, args.laps,
                                              args.wind_mps, args.lockstep_seeds, args.reuse,
                                              hidden=args.hidden, activation=args.activation,
-                                             autopilots=tuple(args.autopilot or ("ardupilot", "px4"))))
+                                             autopilots=tuple(args.autopilot or FLAVOURS)))
     return demo_cartpole(Path(args.out), args.seed, args.transitions, args.ticks, args.epochs)
 
 

@@ -67,7 +67,7 @@ def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epoc
         return train_world_model(
             data,
             WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ensemble,
-                             **({"activation": activation} if activation else {})),
+                             activation=activation or WorldModelConfig.activation),
             TrainConfig(epochs=epochs, seed=seed),
             progress,
         )

@@ -88,7 +88,7 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
             train_set,
             WorldModelConfig(hidden=cfg.hidden, layers=cfg.layers, ensemble_size=cfg.ensemble,
                              ignore_inputs=QUAD_IGNORE_INPUTS,
-                             **({"activation": cfg.activation} if cfg.activation else {})),
+                             activation=cfg.activation or WorldModelConfig.activation),
             TrainConfig(epochs=cfg.epochs, seed=cfg.seed),
             lambda e, n, loss: bar.update(1),
         )
