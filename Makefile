@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
 
-.PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad
+.PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad real-sitl finetune-study
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -108,3 +108,17 @@ dialect: venv
 # runs/calibrate-quad/calibration/calibration.md; CAL_ARGS=--reuse keeps the data and bundle already built.
 calibrate-quad: venv
 	$(PY) -m dreamlink.calibration.quad_study --out runs/calibrate-quad $(CAL_ARGS)
+
+# dreamlink against the real ArduPilot / PX4 firmware in SITL (not built or shipped here): set DREAMLINK_ARDUPILOT_SITL
+# and/or DREAMLINK_PX4_SITL to a command that starts an installed SITL sending MAVLink to udp 127.0.0.1:{port}
+# (`python -m dreamlink.real_sitl --help`). Learns each vehicle from the sim-pretrained bundles of `make demo-quad`,
+# then flies 5 planner seeds each of sim-only, fine-tuned and the autopilot's own position control; table in
+# runs/real-sitl/real-sitl.md. REAL_SITL_ARGS=--mavproxy puts MAVProxy between. Says so and exits 0 when none is set.
+REAL_SITL_ARGS ?=
+real-sitl: venv
+	$(PY) -m dreamlink.real_sitl --sim runs/demo-quad --out runs/real-sitl $(REAL_SITL_ARGS)
+
+# How a sim-pretrained quad model is best adapted to a real autopilot's data (full fine-tune, real-only, sim+real
+# mix), judged by held-out k-step error on the real SITL logs in ../shared/data/sitl-logs. Needs `make demo-quad`.
+finetune-study: venv
+	$(PY) bench/finetune_study.py --sim runs/demo-quad --minutes 1 --out runs/finetune-study

@@ -45,7 +45,13 @@ def cmd_sitl(args: argparse.Namespace) -> int:
     return sitl_main(argv)
 
 
+def _say(text: str) -> None:
+    print(f"   {text}", file=sys.stderr, flush=True)
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
+    if args.vehicle.name == "quad":
+        return _collect_live(args)
     from dreamlink.demo import collect_with_progress
 
     data = collect_with_progress(args.vehicle, args.transitions, args.seed, args.connect)
@@ -54,16 +60,45 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from dreamlink.campaign.shards import load_shards
-    from dreamlink.demo import train_with_progress
-    from dreamlink.learning.train import save_checkpoint
-    from dreamlink.learning.transitions import TransitionSet
+def _collect_live(args: argparse.Namespace) -> int:
+    """`collect quad`: an excitation flight against a live autopilot, in real time."""
+    from dreamlink.campaign.live import LiveCollectConfig, collect_live
+    from dreamlink.learn import progress_bar
 
-    # a .json is a campaign's shard manifest (`dreamlink campaign collect`): its shards, hash-checked
-    data = TransitionSet.concat([load_shards(p) if p.endswith(".json") else TransitionSet.load(p) for p in args.data])
+    if not args.connect or not args.autopilot:
+        raise ValueError("collect quad needs --connect (where the autopilot's MAVLink arrives, e.g. "
+                         "udpin:0.0.0.0:14550) and --autopilot ardupilot|px4")
+    cfg = LiveCollectConfig(args.connect, args.autopilot, Path(args.out), args.minutes,
+                            takeoff_altitude_m=args.altitude_m, box_half_width_m=args.box_m, in_air=args.in_air,
+                            seed=args.seed)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    with progress_bar(round(args.minutes * 60 * 50), "excitation", "tick") as bar:
+        result = collect_live(cfg, stop=stop, on_tick=lambda: bar.update(1), on_wait=bar.write,
+                              on_phase=lambda text: bar.write(f"   {text}"))
+    st = result.stats
+    print(f"wrote {len(result.transitions)} transitions ({result.minutes:.2f} min) to "
+          f"{result.out_dir / 'transitions.npz'}; flight log {result.out_dir / 'flight.tlog'}")
+    print(f"   {st.ticks} ticks at {st.achieved_rate_hz:.1f} Hz, {st.stale_ticks} stale, shield clipped "
+          f"{st.shield_clipped} / fenced {st.shield_fenced}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dreamlink.demo import QUAD_IGNORE_INPUTS, train_with_progress
+    from dreamlink.learn import transitions_from_logs
+    from dreamlink.learning.train import load_checkpoint, save_checkpoint
+    from dreamlink.learning.transitions import provenance
+
+    # .tlog: a flight log (ArduPilot or PX4, velocity setpoints); .json: a campaign's shard manifest; else .npz
+    data = transitions_from_logs(args.data, autopilot=args.autopilot, on_error=args.on_log_error)
+    print(f"data: {len(data)} transitions ({len(data) * data.spec.control_period_s / 60:.2f} min) from "
+          f"{len(args.data)} file(s)", file=sys.stderr)
+    init = load_checkpoint(args.init) if args.init else None
     result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed,
-                                 args.activation)
+                                 args.activation, init=init, lr=args.lr,
+                                 ignore_inputs=QUAD_IGNORE_INPUTS if data.spec.name == "quad" else ())
+    result.model.provenance = {**provenance(data), **({"fine_tuned_from": str(args.init)} if args.init else {})}
     save_checkpoint(result.model, args.out)
     print(f"holdout one-step RMSE: {json.dumps(result.holdout_one_step_rmse)}")
     print(f"wrote {args.out}")
@@ -81,7 +116,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         spec = args.vehicle
         model = load_user_module(args.module, args.state_dict)
-    export_bundle(model, spec, Path(args.out), data_path=args.data, horizon=args.horizon, samples=args.samples)
+    export_bundle(model, spec, Path(args.out), data_path=args.data, horizon=args.horizon, samples=args.samples,
+                  training=dict(getattr(model, "provenance", {}) or {}))
     return 0
 
 
@@ -118,6 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         session=SessionConfig(intra_op_threads=args.threads),
         autopilot=args.autopilot,
         use_policy=not args.no_policy,
+        connect_timeout_s=args.connect_timeout,
+        strict_vehicle=args.strict_vehicle,
+        on_wait=_say,
         mission=MissionConfig(
             takeoff_altitude_m=args.altitude_m,
             half_width_m=args.half_width_m,
@@ -139,6 +178,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.close()
     print_flight_report(result)
     return 0
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from dreamlink.learn import LearnConfig, learn, progress_bar
+
+    cfg = LearnConfig(args.connect, args.autopilot, Path(args.init), Path(args.out), args.rounds, args.collect_minutes,
+                      tuple(Path(p) for p in args.data or ()), args.epochs, args.seed, args.laps)
+    rows = learn(cfg, progress_bar, _say)
+    print("\n| round | real data (min) | horizon | k-step position error at 0.9 s | tracking RMSE | max deviation "
+          "| stale ticks | landed |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['round']} | {r['data_minutes']:.2f} | {r['horizon']} | {r['kstep_pos_0.9s_m']:.3f} m | "
+              f"{r['tracking_rmse_m']:.3f} m | {r['max_deviation_m']:.2f} m | {r['stale_ticks']} | "
+              f"{r['landed_disarmed']} |")
+    print(f"bundles: {', '.join(r['bundle'] for r in rows)}; k-step plot {cfg.out / 'kstep_sim_vs_real.png'}")
+    return 0 if all(r["landed_disarmed"] for r in rows) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -190,17 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_positive_int, default=0)
     s.set_defaults(func=cmd_sitl)
 
-    c = sub.add_parser("collect", help="collect transitions from a lockstep SITL (started for you)")
+    c = sub.add_parser("collect", help="collect transitions: cartpole from a lockstep SITL (started for you); quad "
+                                       "from any live ArduPilot or PX4 autopilot, in real time (an excitation flight)")
     c.add_argument("vehicle", type=_vehicle)
-    c.add_argument("--out", required=True, help="transitions file (.npz)")
-    c.add_argument("--transitions", type=_positive_int, default=20000)
+    c.add_argument("--out", required=True, help="cartpole: transitions file (.npz); quad: a folder for the flight "
+                                                "log (flight.tlog) and its transitions (transitions.npz)")
+    c.add_argument("--transitions", type=_positive_int, default=20000, help="cartpole: how many")
     c.add_argument("--seed", type=_positive_int, default=0)
-    c.add_argument("--connect", default=None, help="listen for an already running lockstep SITL instead")
+    c.add_argument("--connect", default=None, help="cartpole: an already running lockstep SITL instead; quad: where "
+                                                   "the autopilot's MAVLink arrives (udpin:0.0.0.0:14550, tcp:..., "
+                                                   "serial:/dev/ttyACM0:921600)")
+    lq = c.add_argument_group("quad: a live autopilot")
+    lq.add_argument("--autopilot", choices=["ardupilot", "px4"], default="")
+    lq.add_argument("--minutes", type=float, default=3.0, help="minutes of excitation")
+    lq.add_argument("--altitude-m", type=float, default=6.0, help="take-off altitude")
+    lq.add_argument("--box-m", type=float, default=6.0, help="half width of the box the excitation stays in")
+    lq.add_argument("--in-air", action="store_true",
+                    help="the vehicle is already flying: take it over where it is (no arming, no take-off) and "
+                         "leave it holding at the end")
     c.set_defaults(func=cmd_collect)
 
     t = sub.add_parser("train", help="train an ensemble world model on collected transitions")
     t.add_argument("--data", required=True, nargs="+",
-                   help="transitions file(s) (.npz) or campaign shard manifests (manifest.json)")
+                   help="flight logs (.tlog of an ArduPilot or PX4 vehicle flown with velocity setpoints), "
+                        "transitions (.npz) or campaign shard manifests (manifest.json)")
+    t.add_argument("--init", default="", help="fine-tune this checkpoint (a sim-pretrained model) instead of "
+                                              "training from scratch; its shape and normalisation are kept")
+    t.add_argument("--lr", type=float, default=0.0, help="learning rate (default 1e-3; 3e-4 with --init)")
+    t.add_argument("--autopilot", choices=["auto", "ardupilot", "px4"], default="auto",
+                   help=".tlog: the autopilot family (default: read from each log's HEARTBEAT)")
+    t.add_argument("--on-log-error", choices=["raise", "stop", "skip"], default="raise",
+                   help=".tlog: at a damaged record stop with an error, use the part before it, or skip it")
     t.add_argument("--out", required=True, help="checkpoint (.pt)")
     t.add_argument("--hidden", type=_positive_int, default=64)
     t.add_argument("--layers", type=_positive_int, default=2)
@@ -234,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--horizon", type=_positive_int, default=0)
     r.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     r.add_argument("--seed", type=_positive_int, default=0)
+    r.add_argument("--connect-timeout", type=float, default=30.0,
+                   help="seconds of silence from the vehicle before giving up (its estimator is waited for as long "
+                        "as it keeps sending heartbeats)")
+    r.add_argument("--strict-vehicle", action="store_true",
+                   help="refuse to fly a vehicle other than the one the bundle learned (default: warn)")
     r.add_argument("--no-policy", action="store_true",
                    help="ignore the bundle's distilled policy (no sampling prior, no policy fallback)")
     q = r.add_argument_group("multirotor mission (quad bundles): take off, figure-eight, land")
@@ -245,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--baseline", action="store_true",
                    help="stream the reference as position setpoints to the autopilot instead of planning")
     r.set_defaults(func=cmd_run)
+
+    lr = sub.add_parser("learn", help="learn the vehicle you fly: collect from a live autopilot, fine-tune the "
+                                      "sim-pretrained model, fly the task, add the flight, repeat")
+    lr.add_argument("--connect", required=True, help="where the autopilot's MAVLink arrives (as for run)")
+    lr.add_argument("--autopilot", choices=["ardupilot", "px4"], required=True)
+    lr.add_argument("--init", required=True, help="the sim-pretrained checkpoint (demo quad writes "
+                                                  "FLAVOUR-world-model.pt)")
+    lr.add_argument("--out", default="runs/learn")
+    lr.add_argument("--rounds", type=_positive_int, default=2, help="fit + fly rounds")
+    lr.add_argument("--collect-minutes", type=float, default=3.0, help="the first excitation flight (0: none)")
+    lr.add_argument("--data", nargs="*", help="flight logs of this vehicle already at hand (.tlog)")
+    lr.add_argument("--epochs", type=_positive_int, default=40)
+    lr.add_argument("--laps", type=float, default=1.5, help="figure-eight laps per round's flight")
+    lr.add_argument("--seed", type=_positive_int, default=0)
+    lr.set_defaults(func=cmd_learn)
 
     from dreamlink.calibration.cli_commands import add_calibration_commands
     from dreamlink.campaign.cli_commands import add_campaign_commands

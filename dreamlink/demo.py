@@ -51,7 +51,9 @@ def collect_with_progress(spec: VehicleSpec, transitions: int, seed: int, connec
 
 
 def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epochs: int, seed: int,
-                        activation: str = "") -> Any:
+                        activation: str = "", init: Any = None, lr: float = 0.0,
+                        ignore_inputs: tuple[str, ...] = ()) -> Any:
+    """Train (or, with `init`, fine-tune: lr 3e-4 unless given) with a progress bar."""
     from dreamlink.learning.train import TrainConfig, train_world_model
     from dreamlink.learning.transitions import TransitionSet
     from dreamlink.learning.world_model import WorldModelConfig
@@ -67,9 +69,10 @@ def train_with_progress(data: Any, hidden: int, layers: int, ensemble: int, epoc
         return train_world_model(
             data,
             WorldModelConfig(hidden=hidden, layers=layers, ensemble_size=ensemble,
-                             activation=activation or WorldModelConfig.activation),
-            TrainConfig(epochs=epochs, seed=seed),
+                             activation=activation or WorldModelConfig.activation, ignore_inputs=ignore_inputs),
+            TrainConfig(epochs=epochs, seed=seed, lr=lr or (3e-4 if init is not None else 1e-3)),
             progress,
+            init=init,
         )
 
 
@@ -107,9 +110,14 @@ def export_bundle(
     training: dict[str, Any] | None = None,
     planner: dict[str, Any] | None = None,
     tolerance: float = 0.0,
+    task_tolerances: dict[str, float] | None = None,
 ) -> tuple[Any, Any]:
     """Export, parity-check and pack; with held-out data, measure the k-step curve and record the
-    recommended horizon and the planner settings in the manifest. Returns (bundle, curve or None)."""
+    recommended horizon and the planner settings in the manifest. Returns (bundle, curve or None).
+
+    `task_tolerances` (state name -> tolerance in its unit): the planner flies the horizon at which that
+    decision-relevant error stays within them (`recommend_task_horizon`, bounded by QUAD_HORIZON_BOUNDS), not a
+    fixed one; the normalised recommendation is still recorded beside it."""
     from dreamlink.bundle import update_manifest
     from dreamlink.calibration.kstep import kstep_curve, recommend_horizon
     from dreamlink.export.pack import pack_bundle
@@ -133,11 +141,23 @@ def export_bundle(
         tolerance = tolerance or KSTEP_TOLERANCE
         recommended = recommend_horizon(curve, tolerance)
         calibration["kstep"] = {**curve.to_dict(), "tolerance": tolerance, "recommended_horizon": recommended}
-        horizon = horizon or (planner or {}).get("horizon") or int(np.clip(recommended, HORIZON_MIN, HORIZON_MAX))
-        print(
-            f"k-step error: recommended horizon {recommended} (normalised RMSE < {tolerance}); "
-            f"planning with {horizon}"
-        )
+        if task_tolerances and not horizon:
+            from dreamlink.calibration.horizon import recommend_task_horizon
+
+            horizon = recommend_task_horizon(curve, task_tolerances, *QUAD_HORIZON_BOUNDS)
+            idx = [spec.state_index(n) for n in task_tolerances]
+            err = float(np.sqrt(np.sum(curve.rmse[horizon - 1, idx] ** 2)))
+            calibration["kstep"]["task_horizon"] = {"tolerances": task_tolerances, "horizon": horizon,
+                                                    "error_at_horizon": round(err, 4)}
+            planner = {**(planner or {}), "horizon": horizon}
+            print(f"k-step error: {', '.join(task_tolerances)} within {max(task_tolerances.values()):g} up to "
+                  f"H={horizon} ({err:.3f} at H); planning with {horizon} (normalised recommendation {recommended})")
+        else:
+            horizon = horizon or (planner or {}).get("horizon") or int(np.clip(recommended, HORIZON_MIN, HORIZON_MAX))
+            print(
+                f"k-step error: recommended horizon {recommended} (normalised RMSE < {tolerance}); "
+                f"planning with {horizon}"
+            )
     defaults = MppiConfig()
     calibration["planner"] = planner or {
         "samples": samples,
@@ -267,6 +287,10 @@ QUAD_IGNORE_INPUTS = ("pos_n_m", "pos_e_m", "pos_d_m", "yaw_rad")
 # The quad's telemetry carries sensor noise (about 0.1 of a component's spread at k = 1), so its
 # tolerance sits above that floor.
 QUAD_KSTEP_TOLERANCE = 0.4
+# What decides a multirotor's horizon: how far ahead its imagined position stays within the tracking goal (the
+# figure-eight is judged at 0.3 m RMSE), between half a second (the closed loop's answer to a step) and 0.9 s.
+QUAD_TASK_TOLERANCES = {"pos_n_m": 0.3, "pos_e_m": 0.3, "pos_d_m": 0.3}
+QUAD_HORIZON_BOUNDS = (25, 45)
 
 
 def collect_quad_flights(flavour: str, seeds: list[int], seconds: float) -> Any:
@@ -274,6 +298,7 @@ def collect_quad_flights(flavour: str, seeds: list[int], seconds: float) -> Any:
     from dreamlink.campaign.collect import QuadCollectConfig, collect_quad
     from dreamlink.firmware_bridge.link import Link, LinkConfig
     from dreamlink.firmware_bridge.profiles import make_profile
+    from dreamlink.firmware_bridge.vehicle_id import read_vehicle_identity
     from dreamlink.learning.transitions import TransitionSet
     from dreamlink.sim.launcher import SitlProcess
     from dreamlink.spec import QUAD
@@ -285,7 +310,8 @@ def collect_quad_flights(flavour: str, seeds: list[int], seconds: float) -> Any:
                     Link(LinkConfig(sitl.connect_string)) as link:
                 profile = make_profile(QUAD, link, flavour, lockstep=True)
                 profile.connect(timeout_s=30)
+                vehicle = read_vehicle_identity(profile).to_dict()
                 d = collect_quad(profile, QUAD, QuadCollectConfig(seconds=seconds, seed=seed), bar.update,
-                                 meta={"flavour": flavour})
+                                 meta={"flavour": flavour, "vehicle": {**vehicle, "source": "dreamlink quad SITL"}})
             sets.append(TransitionSet(d.spec, d.state, d.action, d.next_state, np.full(len(d), seed), d.meta))
     return TransitionSet.concat(sets)

@@ -18,6 +18,7 @@ from dreamlink.demo import (
     QUAD_IGNORE_INPUTS,
     QUAD_KSTEP_TOLERANCE,
     QUAD_PLANNER,
+    QUAD_TASK_TOLERANCES,
     _bar,
     collect_quad_flights,
     export_bundle,
@@ -58,13 +59,19 @@ def transitions_path(out: Path, flavour: str) -> Path:
     return out / f"{flavour}-transitions.npz"
 
 
+def checkpoint_path(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
+    """The sim-pretrained world model's torch checkpoint (what a real vehicle's data fine-tunes)."""
+    return out / f"{flavour}{cfg.tag}-world-model.pt"
+
+
 def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
     """Collect, train, export (world model + fused planner graph), distil the policy; the bundle folder."""
+    from dreamlink.bundle import load_bundle
     from dreamlink.campaign.distill import distill_into_bundle, fly_planner_lockstep
     from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
     from dreamlink.learning.policy import PolicyConfig
-    from dreamlink.learning.train import TrainConfig, train_world_model
-    from dreamlink.learning.transitions import TransitionSet
+    from dreamlink.learning.train import TrainConfig, save_checkpoint, train_world_model
+    from dreamlink.learning.transitions import TransitionSet, provenance
     from dreamlink.learning.world_model import WorldModelConfig
     from dreamlink.reports import plot_kstep
     from dreamlink.spec import QUAD
@@ -93,14 +100,20 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
             lambda e, n, loss: bar.update(1),
         )
     wm_dir = out / f"{flavour}{cfg.tag}-world-model"
+    result.model.provenance = provenance(train_set)
+    # The torch weights stay beside the bundle: `dreamlink learn --init` fine-tunes them on the real vehicle.
+    save_checkpoint(result.model, checkpoint_path(out, flavour, cfg))
     for d in (wm_dir, bundle_dir):
         if d.exists():
             shutil.rmtree(d)
-    wm, curve = export_bundle(result.model, QUAD, wm_dir, holdout=holdout, training=result.summary(),
-                              planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE)
+    wm, curve = export_bundle(result.model, QUAD, wm_dir, holdout=holdout,
+                              training={**result.summary(), **result.model.provenance},
+                              planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE,
+                              task_tolerances=QUAD_TASK_TOLERANCES)
+    horizon = int(load_bundle(wm.root).manifest.calibration["planner"]["horizon"])
     plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}{cfg.tag}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
     # One graph run a tick (issue 4's fused planner), with the demo's sampling settings.
-    pack_planner_bundle(wm.root, bundle_dir, PlannerGraphConfig(QUAD_PLANNER["samples"], QUAD_PLANNER["horizon"]),
+    pack_planner_bundle(wm.root, bundle_dir, PlannerGraphConfig(QUAD_PLANNER["samples"], horizon),
                         noise_sigma=QUAD_PLANNER["noise_sigma"], temperature=QUAD_PLANNER["temperature"])
     shutil.rmtree(wm_dir)
     seeds = [cfg.seed * 100 + 50 + i for i in range(DISTIL_FLIGHTS)]

@@ -72,6 +72,26 @@ def plot_kstep(curves: dict[str, KStepCurve], path: Path, tolerance: float | Non
     return path
 
 
+def plot_kstep_metres(curves: dict[str, KStepCurve], path: Path, title: str, period_s: float = 0.02) -> Path:
+    """A multirotor's k-step error in its own units: position (m) and velocity (m/s) error norms vs the time
+    imagined ahead, one line per model (sim-only against fine-tuned: the sim-to-real gap)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, group, unit in ((axes[0], "pos_{}_m", "m"), (axes[1], "vel_{}_mps", "m/s")):
+        for label, c in curves.items():
+            idx = [c.state_names.index(group.format(a)) for a in "ned"]
+            ax.plot(c.k * period_s, np.sqrt(np.sum(c.rmse[:, idx] ** 2, axis=1)), marker=".", ms=3, label=label)
+        ax.set_xlabel("time imagined ahead (s)")
+        ax.set_ylabel(f"{'position' if unit == 'm' else 'velocity'} error RMS ({unit})")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_imagined_vs_actual(ticks: dict[str, Any], path: Path, every: int = 50, max_ticks: int = 500) -> Path:
     """Actual state over time, with the imagined trajectory of every `every`-th tick drawn from it."""
     plt = _pyplot()

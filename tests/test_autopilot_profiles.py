@@ -1,6 +1,6 @@
 """ArduPilot-copter and PX4 profiles: pure message <-> vector functions, and the protocol against a scripted
 flight controller on a real UDP socket that answers the way the reference logs show the real ones do
-(/work/shared/data/sitl-logs: ArduCopter 4.8 and PX4 1.16 SITL driven by a companion computer)."""
+(../shared/data/sitl-logs: ArduCopter 4.8 and PX4 1.16 SITL driven by a companion computer)."""
 
 from __future__ import annotations
 
@@ -124,9 +124,12 @@ class ScriptedAutopilot:
     with NAV_LAND. Ground is at d = 0."""
 
     def __init__(self, flavour: str, port: int, refuse_modes: dict[int, int] | None = None,
-                 interval_result: int = mavlink.MAV_RESULT_ACCEPTED, ready_after_s: float = 0.0) -> None:
+                 interval_result: int = mavlink.MAV_RESULT_ACCEPTED, ready_after_s: float = 0.0,
+                 position_after_s: float = 0.0) -> None:
         self.flavour = flavour
         self.ready_after_s = ready_after_s
+        self.position_after_s = position_after_s  # no state stream before this (an EKF without its origin yet)
+        self.silent = False  # True: nothing is sent any more (a dead or unplugged autopilot)
         self.refuse_modes = refuse_modes or {}
         self.interval_result = interval_result
         self.link = Link(LinkConfig(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1,
@@ -345,12 +348,17 @@ class ScriptedAutopilot:
                 pos, vel, yaw, mode, landed = self.pos.copy(), self.vel.copy(), self.yaw, self.custom_mode, \
                     self._landed_state()
                 texts, self.pending_texts = self.pending_texts, []
+            if self.silent:
+                continue
             for text in texts:
                 self._text(text)
             autopilot = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA if self.flavour == ARDUPILOT else mavlink.MAV_AUTOPILOT_PX4
             if hb:
                 self.mav.heartbeat_send(mavlink.MAV_TYPE_QUADROTOR, autopilot, base, mode, mavlink.MAV_STATE_ACTIVE)
             ms = self.now_ms()
+            if now - self.t0 < self.position_after_s:
+                due = [i for i in due if i not in (mavlink.MAVLINK_MSG_ID_LOCAL_POSITION_NED,
+                                                   mavlink.MAVLINK_MSG_ID_ATTITUDE)]
             if mavlink.MAVLINK_MSG_ID_LOCAL_POSITION_NED in due:
                 self.mav.local_position_ned_send(ms, *pos, *vel)
             if mavlink.MAVLINK_MSG_ID_ATTITUDE in due:
@@ -396,6 +404,67 @@ def test_ardupilot_connect_asks_for_50hz_state_and_waits_until_ready(port: int, 
         assert profile.wait_state_after(t_s + 0.1, 2.0) and profile.state()[0] >= t_s + 0.1
         assert profile.mode == "GUIDED" and not profile.armed
         assert profile.landed_state == mavlink.MAV_LANDED_STATE_ON_GROUND
+
+
+@pytest.mark.sitl
+def test_connect_waits_for_the_estimator_while_the_autopilot_is_alive_and_says_why(port: int,
+                                                                                   client_link: Link) -> None:
+    """Real ArduPilot sends no LOCAL_POSITION_NED until its EKF uses GPS (~40 s in SITL): connect() must outwait
+    that for as long as HEARTBEATs come (its timeout bounds silence), telling the user what it waits for."""
+    with ScriptedAutopilot(ARDUPILOT, port, position_after_s=2.5) as fc:
+        profile = ArduPilotCopterProfile(client_link, QUAD, FAST)
+        profile.WAIT_REPORT_S = 0.5
+        heard: list[str] = []
+        profile.connect(timeout_s=1.5, progress=heard.append)
+        assert time.monotonic() - fc.t0 >= 2.5 and np.all(np.isfinite(profile.state()[1]))
+        assert heard and "LOCAL_POSITION_NED not sent yet" in heard[0] and "position estimate" in heard[0]
+
+
+@pytest.mark.sitl
+def test_a_landed_ardupilot_left_in_land_is_not_waited_on_for_its_prearm_bit(port: int, client_link: Link) -> None:
+    """After a flight ArduPilot sits disarmed in LAND, a mode it cannot arm in, so its pre-arm checks fail until a
+    client switches to GUIDED: the next flight's connect() must not wait for them there."""
+    with ScriptedAutopilot(ARDUPILOT, port, ready_after_s=1e6) as fc:
+        with fc.lock:
+            fc.custom_mode = COPTER_MODES["LAND"]
+        profile = ArduPilotCopterProfile(client_link, QUAD, FAST)
+        started = time.monotonic()
+        profile.connect(timeout_s=2.0)
+        assert not profile.ready and profile.mode == "LAND" and time.monotonic() - started < 5.0
+
+
+@pytest.mark.sitl
+def test_connect_gives_up_when_the_autopilot_goes_silent(port: int, client_link: Link) -> None:
+    with ScriptedAutopilot(ARDUPILOT, port, position_after_s=60.0) as fc:
+        profile = ArduPilotCopterProfile(client_link, QUAD, FAST)
+        eventually(lambda: client_link.latest("HEARTBEAT") is not None, 3.0)
+        fc.silent = True
+        started = time.monotonic()
+        with pytest.raises(LinkTimeout, match="went silent"):
+            profile.connect(timeout_s=1.5)
+        assert time.monotonic() - started < 5.0
+
+
+@pytest.mark.sitl
+def test_a_state_stream_lowered_by_another_client_is_asserted_again(port: int, client_link: Link) -> None:
+    """MAVProxy's REQUEST_DATA_STREAM (4 Hz) resets ArduPilot's message intervals: the profile notices the late
+    samples within a few periods and asks for 50 Hz again, so the state stays fresh."""
+    with ScriptedAutopilot(ARDUPILOT, port) as fc:
+        profile = ArduPilotCopterProfile(client_link, QUAD, FAST)
+        profile.connect(timeout_s=3.0)
+        time.sleep(0.3)
+        lpn = mavlink.MAVLINK_MSG_ID_LOCAL_POSITION_NED
+        with fc.lock:
+            fc.intervals_us[lpn] = 250000.0
+        ages = []
+        for _ in range(100):  # 2 s of 50 Hz ticks
+            ages.append(profile.state()[2])
+            time.sleep(0.02)
+        assert fc.intervals_us[lpn] == 20000
+        assert profile.streams.reasserts("LOCAL_POSITION_NED") >= 1
+        assert sum(a > 0.1 for a in ages) <= 2, ages
+        report = profile.stream_report()["streams"]["LOCAL_POSITION_NED"]  # type: ignore[index]
+        assert report["reasserts"] >= 1 and report["requested_hz"] == 50.0
 
 
 @pytest.mark.sitl

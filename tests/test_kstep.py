@@ -43,3 +43,23 @@ def test_a_wrong_model_drifts_more_with_k_and_gets_a_shorter_horizon(tmp_path):
     assert c2.normalised_rmse[0] > c1.normalised_rmse[0]
     assert recommend_horizon(c2, 0.05) < recommend_horizon(c1, 0.05)
     assert c1.starts[0] == 6 * 60 and c1.starts[-1] == 6 * (60 - 40 + 1)
+
+
+def test_the_task_horizon_is_where_the_decision_relevant_error_leaves_its_tolerance() -> None:
+    """A quad's horizon follows its position error in metres, not the normalised error of every component: a
+    noisy roll rate that dominates the normalised curve must not shorten how far the planner looks ahead."""
+    import pytest
+
+    from dreamlink.calibration.horizon import recommend_task_horizon
+    from dreamlink.calibration.kstep import KStepCurve
+
+    k = np.arange(1, 61)
+    names = ("pos_n_m", "pos_e_m", "roll_rate_radps")
+    rmse = np.stack([0.005 * k, 0.005 * k, np.full(60, 5.0)], axis=1)  # 3-D position error 0.00707 m per step
+    curve = KStepCurve(k, rmse, np.full(60, 3.0), np.ones(3), np.full(60, 100), names)
+    tol = {"pos_n_m": 0.3, "pos_e_m": 0.3}
+    assert recommend_task_horizon(curve, tol, 10, 60) == 42  # 42 * 0.00707 = 0.297 m; at 43, 0.304 m
+    assert recommend_task_horizon(curve, tol, 10, 30) == 30 and recommend_task_horizon(curve, tol, 50, 60) == 50
+    assert recommend_horizon(curve, 0.4) == 1  # the normalised rule would have planned one step ahead
+    with pytest.raises(ValueError, match="pos_d_m"):
+        recommend_task_horizon(curve, {"pos_d_m": 0.3}, 10, 60)

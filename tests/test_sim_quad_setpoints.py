@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from shared_logs import LOGS
 
 from dreamlink.sim.quadrotor.modes import (
     PX4_LOITER,
@@ -28,7 +29,6 @@ from dreamlink.sim.quadrotor.setpoints import (
     px4_offboard_control,
 )
 
-LOGS = Path(os.environ.get("DREAMLINK_SITL_LOGS", "/work/shared/data/sitl-logs"))
 ALL3 = (True, True, True)
 NONE3 = (False, False, False)
 

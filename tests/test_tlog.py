@@ -1,5 +1,5 @@
 """Reading .tlog files and turning them into transitions, on two real SITL flights (ArduCopter 4.8 and PX4 1.16,
-logged by MAVProxy; /work/shared/data/sitl-logs/README.md gives the figures checked here), and on damaged
+logged by MAVProxy; ../shared/data/sitl-logs/README.md gives the figures checked here), and on damaged
 copies of them."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_logs import ARDUPILOT_LOG, PX4_LOG, needs_logs
 
 from dreamlink.calibration.tlog_data import TlogDataConfig, TlogDataError, tlog_to_transitions
 from dreamlink.firmware_bridge.ardupilot import copter_mode_name
@@ -16,11 +17,7 @@ from dreamlink.firmware_bridge.px4 import px4_mode_name
 from dreamlink.firmware_bridge.tlog import TlogError, TlogReport, iter_tlog, read_tlog
 from dreamlink.spec import QUAD
 
-LOGS = Path("/work/shared/data/sitl-logs")
-ARDUPILOT_LOG = LOGS / "ardupilot-copter-excitation.tlog"
-PX4_LOG = LOGS / "px4-sih-excitation.tlog"
-pytestmark = pytest.mark.skipif(not (ARDUPILOT_LOG.is_file() and PX4_LOG.is_file()),
-                                reason=f"reference SITL logs not found under {LOGS}")
+pytestmark = needs_logs
 
 # README "Records of each type" (mavlogdump with the ardupilotmega dialect; CURRENT_MODE, 436, decodes with "all").
 README_COUNTS = {

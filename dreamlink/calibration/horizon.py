@@ -1,7 +1,11 @@
 """How far to trust the imagined future, and at which precision.
 
 - Horizon: the longest k whose held-out k-step error stays under a tolerance relative to the state's
-  scale (`recommend_horizon`, normalised RMSE: error / each component's spread in the data).
+  scale (`recommend_horizon`, normalised RMSE: error / each component's spread in the data); or, where the task
+  says which error decides (`recommend_task_horizon`), the longest k at which the error the task's cost sees
+  stays within the task's own tolerance in its own units: a multirotor tracking a path is judged on where it
+  will be, so its horizon is how far ahead the imagined position stays within the tracking goal (metres),
+  whatever happens to roll rates in normalised units. That is the horizon the planner flies.
 - Disagreement threshold: the ensemble's spread along open-loop rollouts of held-out episodes, in the
   unit the planner graph reports (`disagreement`: max over steps and components of the members' std
   over the component's half range). In-distribution flights stay under its `quantile`; `margin` above
@@ -21,8 +25,29 @@ from dataclasses import dataclass
 import numpy as np
 
 from dreamlink.calibration.accuracy import PrecisionAccuracy
-from dreamlink.calibration.kstep import Predict, recommend_horizon
+from dreamlink.calibration.kstep import KStepCurve, Predict, recommend_horizon
 from dreamlink.spec import VehicleSpec
+
+
+def recommend_task_horizon(curve: KStepCurve, tolerances: Mapping[str, float], h_min: int, h_max: int) -> int:
+    """The longest k in [h_min, h_max] whose decision-relevant error stays within tolerance at every step up to it.
+
+    `tolerances`: state name -> tolerance in its unit; the error at k is the root sum of squares of each named
+    component's RMSE over its tolerance (so three position components with 0.3 m each: the 3-D position error
+    within 0.3 m). Fewer than h_min steps within tolerance still give h_min (below it the planner cannot see the
+    closed loop answer at all); the caller records the measured error beside the choice."""
+    if not (1 <= h_min <= h_max):
+        raise ValueError(f"recommend_task_horizon: expected 1 <= h_min <= h_max, got {h_min}, {h_max}")
+    unknown = [n for n in tolerances if n not in curve.state_names]
+    if unknown or not tolerances or any(not t > 0 for t in tolerances.values()):
+        raise ValueError(f"recommend_task_horizon: tolerances need names from {curve.state_names} and values > 0, "
+                         f"got {dict(tolerances)}")
+    idx = [curve.state_names.index(n) for n in tolerances]
+    tol = np.array(list(tolerances.values()))
+    err = np.sqrt(np.sum((curve.rmse[:, idx] / tol) ** 2, axis=1))  # [K], 1.0 = at the tolerance
+    over = np.flatnonzero(err > 1.0)
+    longest = int(curve.k[-1]) if len(over) == 0 else int(curve.k[over[0]]) - 1
+    return int(np.clip(longest, h_min, h_max))
 
 
 def disagreement_threshold(predict: Predict, episodes: Sequence[tuple[np.ndarray, np.ndarray]], spec: VehicleSpec,

@@ -3,7 +3,7 @@
 vehicle profiles use on board (`fill_from_local_position`, `fill_from_attitude`, `action_from_setpoint`), so a
 model fitted or checked on logs sees the vectors the runtime will feed it.
 
-How (the logs under /work/shared/data/sitl-logs are the reference):
+How (the logs under ../shared/data/sitl-logs are the reference):
 
 - Time axis: the record time (MAVProxy's receive clock). The autopilot stamps its own samples with
   time_boot_ms, but a client's setpoints carry the client's clock, so the only clock common to state and
@@ -31,6 +31,7 @@ How (the logs under /work/shared/data/sitl-logs are the reference):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ from dreamlink.firmware_bridge.autopilot import (
 )
 from dreamlink.firmware_bridge.link import mavlink
 from dreamlink.firmware_bridge.px4 import OFFBOARD, px4_mode_parts
-from dreamlink.firmware_bridge.tlog import OnError, read_tlog
+from dreamlink.firmware_bridge.tlog import OnError, iter_tlog, read_tlog
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.spec import QUAD, VehicleSpec
 
@@ -91,6 +92,24 @@ class TlogDataConfig:
                 raise ValueError(f"TlogDataConfig.{key}: expected seconds > 0, got {getattr(self, key)!r}")
         if not (isinstance(self.min_episode_steps, int) and self.min_episode_steps >= 1):
             raise ValueError(f"TlogDataConfig.min_episode_steps: expected an int >= 1, got {self.min_episode_steps!r}")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detect_autopilot(path: str | os.PathLike[str], autopilot: tuple[int, int] = (1, 1)) -> str:
+    """"ardupilot" or "px4": the family in the flight controller's HEARTBEAT in a log; TlogDataError if none."""
+    kinds = {v: k for k, v in _AUTOPILOTS.items()}
+    for record in iter_tlog(path, on_error="skip", types=("HEARTBEAT",)):
+        if record.src == autopilot and int(record.msg.autopilot) in kinds:
+            return kinds[int(record.msg.autopilot)]
+    raise TlogDataError(f"{path}: no ArduPilot or PX4 HEARTBEAT from {autopilot[0]}/{autopilot[1]}; is this a log "
+                        f"of a multirotor autopilot?")
 
 
 def _matches(ids: tuple[int, int], system: int, component: int) -> bool:
@@ -258,7 +277,7 @@ def tlog_to_transitions(path: str | os.PathLike[str], spec: VehicleSpec = QUAD, 
     outside = int(np.sum(np.any((action_rows < spec.action_low) | (action_rows > spec.action_high), axis=1)))
     if outside:
         log.warning("%s: %d transitions have actions outside the spec's limits (kept as flown)", p, outside)
-    meta = {"source": str(p), "format": "tlog", "profile_kind": profile_kind, "period_s": period,
+    meta = {"source": str(p), "format": "tlog", "sha256": _sha256(p), "profile_kind": profile_kind, "period_s": period,
             "autopilot": list(config.autopilot), "client": list(config.client), "records": report.records_read,
             "unknown_ids": {str(k): v for k, v in sorted(report.unknown_ids.items())},
             "bad_offsets": report.bad_offsets, "truncated_at": report.truncated_at,

@@ -1,7 +1,7 @@
 """ArduPilot Copter profile: GUIDED mode, velocity setpoints, the autopilot's own take-off, hold and landing.
 
 Follows ArduPilot's documented MAVLink interface and the ArduCopter 4.8 SITL log under
-/work/shared/data/sitl-logs (a companion computer's flight: GUIDED, arm, NAV_TAKEOFF, 25 Hz velocity
+../shared/data/sitl-logs (a companion computer's flight: GUIDED, arm, NAV_TAKEOFF, 25 Hz velocity
 setpoints, LAND):
 
 - Modes are HEARTBEAT.custom_mode numbers (ArduCopter/mode.h; FLTMODE1 in the Copter parameter list;
@@ -75,6 +75,9 @@ class ArduPilotCopterProfile(AutopilotProfile):
     AUTOPILOT = mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA
     CONTROL_MODE = "GUIDED"
     ESTIMATOR_REPORT = "EKF_STATUS_REPORT"
+    # Modes ArduCopter will not arm in (Mode::allows_arming false), so its pre-arm checks fail there after a landing
+    # left it in LAND; enter_control_mode() switches to GUIDED before arming.
+    PREARM_FAILS_IN_MODES = frozenset({"RTL", "LAND", "BRAKE", "CIRCLE", "SMART_RTL", "AVOID_ADSB", "AUTOTUNE"})
     # Guided-mode velocity shaping (read when GUIDED starts): the defaults WP_ACC 2.5 m/s^2 and PSC_JERK_NE
     # 5 m/s^3 cannot follow a 3 m figure-eight at 2 m/s (3.3 m/s^2 peak), and whatever the planner asks
     # beyond them the autopilot silently smooths away. 5.0 is WP_ACC's documented maximum.
@@ -185,5 +188,13 @@ class ArduPilotCopterProfile(AutopilotProfile):
         log.info("ArduPilot %s: SET_MESSAGE_INTERVAL for message %d %s; asking for stream group %d at %.0f Hz "
                  "with REQUEST_DATA_STREAM", self._target, msg_id, "unanswered" if result is None else
                  f"refused ({result})", group, rate_hz)
+        self._data_stream_fallback.add(msg_id)
+        self._reassert(msg_id)
+
+    def _reassert(self, msg_id: int) -> None:
+        """A stream this ArduPilot would not take an interval for is asked for again by its stream group."""
+        group = STREAM_GROUPS.get(msg_id)
+        if msg_id not in self._data_stream_fallback or group is None:
+            return super()._reassert(msg_id)
         self.link.mav.request_data_stream_send(self.config.target_system, self.config.target_component, group,
-                                               max(1, round(rate_hz)), 1)
+                                               max(1, round(self._stream_requests[msg_id])), 1)

@@ -12,7 +12,7 @@ speak the same two messages (the MAVLink common set, https://mavlink.io/en/messa
   Stream Messages"); each profile has its own fallback when that is refused.
 - Action: SET_POSITION_TARGET_LOCAL_NED in MAV_FRAME_LOCAL_NED with type_mask 2503 = ignore position,
   acceleration and yaw rate: a NED velocity plus an absolute yaw, the heading held where control started
-  (as in the reference logs under /work/shared/data/sitl-logs, and as ArduPilot documents the message:
+  (as in the reference logs under ../shared/data/sitl-logs, and as ArduPilot documents the message:
   ardupilot.org/dev/docs/copter-commands-in-guided-mode.html; PX4: docs.px4.io/v1.16/en/flight_modes/offboard).
 - HEARTBEAT of the autopilot (target system/component, autopilot field not MAV_AUTOPILOT_INVALID) gives
   armed (base_mode SAFETY_ARMED), custom_mode (the flight mode, per family) and system_status;
@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkTimeout, command_name, mavlink
+from dreamlink.firmware_bridge.streams import StreamWatch
 from dreamlink.spec import QUAD, VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,10 @@ class AutopilotConfig:
     setpoint_timeout_s: float = 0.5  # PX4: the newest action is repeated this long, then a position hold
     offboard_warmup_s: float = 1.0  # PX4: stream this long (vehicle time) before asking for OFFBOARD
     takeoff_speed_mps: float = 1.5  # PX4: climb rate of the offboard take-off ramp (as in the log)
+    # connect(): how long the autopilot may take to have a position estimate and pass its pre-arm checks while
+    # it keeps sending HEARTBEATs (real ArduPilot SITL: about 40 s until its EKF uses GPS; a cold GPS: minutes)
+    estimator_timeout_s: float = 600.0
+    keep_streams: bool = True  # re-assert the state streams when something else on the link lowers them
 
     def __post_init__(self) -> None:
         for key in ("target_system", "target_component"):
@@ -276,7 +281,8 @@ class AutopilotConfig:
                 or not 0 <= self.command_retries <= 10:
             raise ValueError(f"AutopilotConfig.command_retries: expected 0..10, got {self.command_retries!r}")
         positive = ("stream_rate_hz", "status_rate_hz", "command_timeout_s", "mode_confirm_timeout_s",
-                    "altitude_tolerance_m", "land_timeout_s", "setpoint_timeout_s", "takeoff_speed_mps")
+                    "altitude_tolerance_m", "land_timeout_s", "setpoint_timeout_s", "takeoff_speed_mps",
+                    "estimator_timeout_s")
         for key in positive:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -337,6 +343,11 @@ class AutopilotProfile:
         self._rebooted = False
         self.reboots = 0
         self._estimator_bad: dict[str, str] = {}  # message -> why, while that message says it is bad
+        self.streams = StreamWatch({"LOCAL_POSITION_NED": config.stream_rate_hz, "ATTITUDE": config.stream_rate_hz})
+        self._stream_requests: dict[int, float] = {}  # msg id -> rate asked; how: `_stream_fallback` may change it
+        self._data_stream_fallback: set[int] = set()  # msg ids asked for with REQUEST_DATA_STREAM instead
+        self._others: dict[tuple[int, int], str] = {}  # other components heard on this link -> what they are
+        self._last_stream_warning = -math.inf
         link.subscribe("LOCAL_POSITION_NED", self._on_local_position)
         link.subscribe("EKF_STATUS_REPORT", self._on_ekf_status_report)
         link.subscribe("ESTIMATOR_STATUS", self._on_estimator_status)
@@ -370,6 +381,7 @@ class AutopilotProfile:
             self._position_ned[0], self._position_ned[1], self._position_ned[2] = msg.x, msg.y, msg.z
             self._t_s = msg.time_boot_ms / 1000.0
             self._position_recv_s = recv_s
+            self.streams.arrived("LOCAL_POSITION_NED", recv_s)
             self._cond.notify_all()
 
     def _on_attitude(self, msg: Any, recv_s: float) -> None:
@@ -381,11 +393,18 @@ class AutopilotProfile:
             self._yaw_rad = msg.yaw
             self._attitude_t_s = msg.time_boot_ms / 1000.0
             self._attitude_recv_s = recv_s
+            self.streams.arrived("ATTITUDE", recv_s)
             self._cond.notify_all()
 
     def _on_heartbeat(self, msg: Any, recv_s: float) -> None:
         if not self._from_autopilot(msg) or msg.autopilot == mavlink.MAV_AUTOPILOT_INVALID:
-            return  # a GCS, a camera or our own echo, not the flight controller
+            # a GCS, a camera or our own echo, not the flight controller: remembered, to name who shares the link
+            src = (msg.get_srcSystem(), msg.get_srcComponent())
+            if src != (self.link.config.source_system, self.link.config.source_component):
+                entry = mavlink.enums["MAV_TYPE"].get(int(msg.type))
+                with self._cond:
+                    self._others[src] = entry.name if entry is not None else f"MAV_TYPE {msg.type}"
+            return
         armed = bool(msg.base_mode & mavlink.MAV_MODE_FLAG_SAFETY_ARMED)
         with self._cond:
             changed = (armed, msg.custom_mode) != (self._armed, self._custom_mode)
@@ -480,11 +499,16 @@ class AutopilotProfile:
 
     # -- profile contract --------------------------------------------------------------------------
 
-    def connect(self, timeout_s: float = 30.0, wait_ready: bool = True) -> None:
-        """Wait for the autopilot's HEARTBEAT (checking it is this family), ask for the state streams, wait for
-        the first complete state and (`wait_ready`) for the pre-arm checks to pass. One deadline for all of it:
-        an estimator may take a while to get its origin."""
-        deadline = time.monotonic() + timeout_s
+    def connect(self, timeout_s: float = 30.0, wait_ready: bool = True,
+                progress: Callable[[str], None] | None = None) -> None:
+        """Wait for the autopilot's HEARTBEAT (checking it is this family), ask for the state streams, then wait
+        for the first complete state and (`wait_ready`) for the pre-arm checks to pass.
+
+        `timeout_s` bounds silence, not patience: the wait lasts as long as the autopilot needs for its
+        estimator (up to `AutopilotConfig.estimator_timeout_s`) while it keeps sending HEARTBEATs, and ends
+        with LinkTimeout when nothing came from it for `timeout_s`. Real ArduPilot has no LOCAL_POSITION_NED
+        until its EKF uses GPS (about 40 s after boot in SITL), so a service started with the flight controller
+        must wait rather than fail. `progress(text)` hears what is awaited, and why, every few seconds."""
         with self._cond:
             self._rebooted = False  # whatever it was before, this is the vehicle we connect to now
             self._cond.wait_for(lambda: self._heartbeat_autopilot is not None, timeout_s)
@@ -498,14 +522,89 @@ class AutopilotProfile:
                                  f"not {self.FAMILY} ({autopilot_name(self.AUTOPILOT)}); use the profile for "
                                  f"that autopilot")
         self._request_streams()
-        self._wait_until(lambda: self._state_complete, deadline - time.monotonic(),
-                         "the first LOCAL_POSITION_NED + ATTITUDE (a position estimate with an EKF origin)")
+        started = time.monotonic()
+        self._wait_while_alive(lambda: self._state_complete, started, timeout_s,
+                               "a position estimate (LOCAL_POSITION_NED + ATTITUDE)", progress)
         if wait_ready and not self.ready:
             log.info("%s %s: waiting for the pre-arm checks to pass", self.FAMILY, self._target)
-            self._wait_until(lambda: self._prearm_ok is True, deadline - time.monotonic(),
-                             "SYS_STATUS with the pre-arm checks passing (MAV_SYS_STATUS_PREARM_CHECK)")
-        log.info("%s %s connected on %s, mode %s, state at %.0f Hz", self.FAMILY, self._target,
-                 self.link.config.connect, self.mode, self.config.stream_rate_hz)
+            # A landed vehicle left in a mode it cannot arm in (ArduPilot after LAND) fails its pre-arm checks for
+            # that reason alone until enter_control_mode() changes the mode; and a vehicle whose estimator is
+            # healthy is not waited on for ever: arm() then carries the autopilot's own reason if it refuses.
+            healthy_since = [math.inf]
+
+            def ready_enough() -> bool:
+                if self._prearm_ok is True or self.mode in self.PREARM_FAILS_IN_MODES:
+                    return True
+                now = time.monotonic()
+                if not self._estimator_bad and self._prearm_ok is not None:
+                    healthy_since[0] = min(healthy_since[0], now)
+                    return now - healthy_since[0] >= self.PREARM_WAIT_S
+                healthy_since[0] = math.inf
+                return False
+
+            self._wait_while_alive(ready_enough, started, timeout_s,
+                                   "the pre-arm checks to pass (SYS_STATUS MAV_SYS_STATUS_PREARM_CHECK)", progress)
+            if not self.ready:
+                log.warning("%s %s: pre-arm checks not reported passing (%s); going on, arming will say why if it "
+                            "is refused", self.FAMILY, self._target, self.waiting_for())
+        log.info("%s %s connected on %s, mode %s, state at %.0f Hz after %.1f s", self.FAMILY, self._target,
+                 self.link.config.connect, self.mode, self.config.stream_rate_hz, time.monotonic() - started)
+
+    WAIT_REPORT_S = 5.0  # connect(): how often `progress` hears what is awaited
+    PREARM_WAIT_S = 20.0  # connect(): with a healthy estimator, wait this long at most for the pre-arm bit
+    PREARM_FAILS_IN_MODES: frozenset[str] = frozenset()  # modes the pre-arm checks fail in because of the mode
+    STREAM_REQUEST_REPEAT_S = 10.0  # connect(): the stream requests again, in case another client reset them
+
+    def _wait_while_alive(self, condition: Callable[[], bool], started_s: float, silence_s: float, what: str,
+                          progress: Callable[[str], None] | None) -> None:
+        """Wait until `condition()` (under the lock) while the autopilot's HEARTBEATs keep coming; LinkTimeout
+        after `silence_s` without one, or after `estimator_timeout_s` from `started_s` in all."""
+        report_at = started_s + self.WAIT_REPORT_S
+        request_at = started_s + self.STREAM_REQUEST_REPEAT_S
+        while True:
+            now = time.monotonic()
+            with self._cond:
+                if condition():
+                    return
+                silent_s = now - self._heartbeat_recv_s
+            waited_s = now - started_s
+            if silent_s > silence_s:
+                raise LinkTimeout(f"{self.FAMILY} {self._target} on {self.link.config.connect} went silent (no "
+                                  f"HEARTBEAT for {silent_s:.1f} s) while dreamlink waited {waited_s:.0f} s for "
+                                  f"{what}")
+            if waited_s > self.config.estimator_timeout_s:
+                raise LinkTimeout(f"{self.FAMILY} {self._target} on {self.link.config.connect}: no {what} within "
+                                  f"{self.config.estimator_timeout_s:.0f} s ({self.waiting_for()}); "
+                                  f"AutopilotConfig.estimator_timeout_s sets the limit")
+            if now >= report_at:
+                report_at = now + self.WAIT_REPORT_S
+                text = f"{self.FAMILY} {self._target}: waiting for {what}, {waited_s:.0f} s: {self.waiting_for()}"
+                log.info("%s", text)
+                if progress is not None:
+                    progress(text)
+            if now >= request_at and not self.config.lockstep:
+                request_at = now + self.STREAM_REQUEST_REPEAT_S
+                self._request_streams(quiet=True)
+            if self.config.lockstep:
+                self._lockstep_tick()
+            else:
+                with self._cond:
+                    self._cond.wait(0.05)
+
+    def waiting_for(self) -> str:
+        """What the autopilot has and lacks for a flight, in words: streams, estimator, pre-arm, its last text."""
+        with self._cond:
+            parts = [f"mode {self.mode}", "armed" if self._armed else "disarmed",
+                     "LOCAL_POSITION_NED " + ("flowing" if self._position_recv_s > -math.inf else
+                                              "not sent yet (no EKF origin / position estimate)"),
+                     "ATTITUDE " + ("flowing" if self._attitude_recv_s > -math.inf else "not sent yet")]
+            if self._estimator_bad:
+                parts.append("estimator: " + "; ".join(f"{k} {v}" for k, v in self._estimator_bad.items()))
+            if self._prearm_ok is not None:
+                parts.append("pre-arm checks " + ("pass" if self._prearm_ok else "failing"))
+            if self._texts:
+                parts.append(f"autopilot said {self._texts[-1][2]!r}")
+        return ", ".join(parts)
 
     def state(self) -> tuple[float, np.ndarray, float]:
         """(autopilot time s, state [S] float32 copy, age s of the older of the two messages); (NaN, NaNs, inf)
@@ -515,7 +614,10 @@ class AutopilotProfile:
                 return math.nan, np.full(self.spec.state_dim, np.nan, dtype=np.float32), math.inf
             x = self._x.copy()
             t_s, recv_s = self._t_s, min(self._position_recv_s, self._attitude_recv_s)
-        return t_s, x, time.monotonic() - recv_s
+        now = time.monotonic()
+        if self.config.keep_streams and not self.config.lockstep:
+            self._keep_streams(now)
+        return t_s, x, now - recv_s
 
     def wait_state_after(self, t_s: float, timeout_s: float) -> bool:
         """Block until both messages stamped at autopilot time >= `t_s` arrived; False on timeout (lockstep clock)."""
@@ -786,7 +888,9 @@ class AutopilotProfile:
         (these waits end on a condition, never on a step count)."""
         self.lockstep_nudge(0.03)
 
-    def _request_streams(self) -> None:
+    def _request_streams(self, quiet: bool = False) -> None:
+        """SET_MESSAGE_INTERVAL for the state and status messages, waiting for each ACK (`_stream_fallback` when
+        refused). `quiet`: a repeat whose refusals were already reported."""
         rate = self.config.stream_rate_hz
         for msg_id, rate_hz in ((mavlink.MAVLINK_MSG_ID_LOCAL_POSITION_NED, rate),
                                 (mavlink.MAVLINK_MSG_ID_ATTITUDE, rate),
@@ -794,6 +898,10 @@ class AutopilotProfile:
                                 (mavlink.MAVLINK_MSG_ID_SYS_STATUS, self.config.status_rate_hz),
                                 *(((getattr(mavlink, f"MAVLINK_MSG_ID_{self.ESTIMATOR_REPORT}"),
                                     self.config.status_rate_hz),) if self.ESTIMATOR_REPORT else ())):
+            self._stream_requests[msg_id] = rate_hz
+            if msg_id in self._data_stream_fallback:
+                self._reassert(msg_id)
+                continue
             try:
                 result = self.link.command_long(self.config.target_system, self.config.target_component,
                                                 mavlink.MAV_CMD_SET_MESSAGE_INTERVAL, (msg_id, 1e6 / rate_hz),
@@ -801,8 +909,43 @@ class AutopilotProfile:
                                                 retries=self.command_retries)
             except LinkTimeout:
                 result = None
-            if result != mavlink.MAV_RESULT_ACCEPTED:
+            if result != mavlink.MAV_RESULT_ACCEPTED and not quiet:
                 self._stream_fallback(msg_id, rate_hz, result)
+
+    def _reassert(self, msg_id: int) -> None:
+        """Ask for one stream again at its rate, fire and forget (the loop thread cannot wait for ACKs)."""
+        rate_hz = self._stream_requests[msg_id]
+        self.link.mav.command_long_send(self.config.target_system, self.config.target_component,
+                                        mavlink.MAV_CMD_SET_MESSAGE_INTERVAL, 0, float(msg_id), 1e6 / rate_hz,
+                                        0, 0, 0, 0, 0)
+
+    def _keep_streams(self, now_s: float) -> None:
+        """Re-assert a state stream that another client lowered (see firmware_bridge/streams.py); warn naming
+        who else is on the link."""
+        with self._cond:
+            due = self.streams.due(now_s)
+            others = dict(self._others)
+        if not due:
+            return
+        for name in due:
+            msg_id = getattr(mavlink, f"MAVLINK_MSG_ID_{name}")
+            if msg_id in self._stream_requests:
+                self._reassert(msg_id)
+        if now_s - self._last_stream_warning >= _WARN_EVERY_S:
+            self._last_stream_warning = now_s
+            who = ", ".join(f"{s}/{c} {kind}" for (s, c), kind in sorted(others.items())) or "none heard directly"
+            rates = ", ".join(f"{n} {self.streams.measured_hz(n):.0f} Hz mean, re-asserted "
+                              f"{self.streams.reasserts(n)}x" for n in due)
+            log.warning("%s %s: %s arrived late (asked %.0f Hz): something else on the link lowered the stream "
+                        "(a ground station or MAVProxy asking for data streams resets ArduPilot's message "
+                        "intervals; MAVProxy: --streamrate=-1); asked again. Other components on this link: %s",
+                        self.FAMILY, self._target, rates, self.config.stream_rate_hz, who)
+
+    def stream_report(self) -> dict[str, object]:
+        """The state streams as flown (rates, worst gaps, re-assertions) and who else was on the link."""
+        with self._cond:
+            return {"streams": self.streams.report(),
+                    "other_components": {f"{s}/{c}": kind for (s, c), kind in sorted(self._others.items())}}
 
     def _stream_fallback(self, msg_id: int, rate_hz: float, result: int | None) -> None:
         """SET_MESSAGE_INTERVAL was refused (result) or not answered (None)."""

@@ -539,6 +539,11 @@ class Link:
         with self._lock:
             self._subscribers[msg_type] = (*self._subscribers.get(msg_type, ()), callback)
 
+    def unsubscribe(self, msg_type: str, callback: Callable[[Any, float], None]) -> None:
+        """Stop calling a `subscribe`d callback (no error if it was not subscribed)."""
+        with self._lock:
+            self._subscribers[msg_type] = tuple(c for c in self._subscribers.get(msg_type, ()) if c is not callback)
+
     def latest(self, msg_type: str) -> tuple[Any, float] | None:
         """The newest `msg_type` message and its receive time (monotonic s), or None."""
         with self._lock:

@@ -1,6 +1,6 @@
 """PX4 profile: OFFBOARD with a continuous setpoint stream, an offboard take-off ramp, PX4's own hold and landing.
 
-Follows PX4's documented MAVLink interface and the PX4 v1.16 SIH log under /work/shared/data/sitl-logs:
+Follows PX4's documented MAVLink interface and the PX4 v1.16 SIH log under ../shared/data/sitl-logs:
 
 - Modes: HEARTBEAT.custom_mode packs `union px4_custom_mode {uint16 reserved; uint8 main_mode; uint8
   sub_mode}` (src/modules/commander/px4_custom_mode.h), so custom_mode = main << 16 | sub << 24: OFFBOARD =

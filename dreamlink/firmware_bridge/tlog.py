@@ -1,6 +1,6 @@
 """Reading `.tlog` telemetry logs (MAVProxy, QGroundControl, dreamlink's flight recorder) record by record.
 
-Format (QGC dev guide "MAVLink Log File Format"; the log README under /work/shared/data/sitl-logs): a plain
+Format (QGC dev guide "MAVLink Log File Format"; the log README under ../shared/data/sitl-logs): a plain
 sequence of records, each an 8-byte big-endian count of microseconds since 1970 followed by one raw
 MAVLink 1 or 2 frame. There is no index or record length, so the reader walks the frames by their own
 headers (v2: 10-byte header, payload, 2-byte CRC, 13-byte signature when flagged; v1: 6-byte header) and

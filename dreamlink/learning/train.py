@@ -8,10 +8,18 @@ is penalised at every step (errors scaled by the delta std, so step 1 equals the
 Everything random flows from `TrainConfig.seed` inside a forked torch RNG, so a seed
 reproduces the weights bit for bit on the same machine and thread count, and the
 caller's global RNG is left alone.
+
+Fine-tuning (`init=`): a model pretrained in simulation is copied and trained further on the real
+vehicle's data, keeping its shape and its normalisation (the statistics its weights were learned
+in; re-fitting them would move every input under the weights). The choice of full fine-tuning over
+training on real data alone, mixing sim and real, or a residual on top was made by measured k-step
+error on held-out real flights (README, "Learn the vehicle you fly"; `dreamlink.learning.finetune_study`).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import os
@@ -91,8 +99,17 @@ def train_world_model(
     model_config: WorldModelConfig,
     train_config: TrainConfig,
     progress: Callable[[int, int, float], None] | None = None,
+    init: EnsembleWorldModel | None = None,
 ) -> TrainResult:
-    """Fit an `EnsembleWorldModel` to `data`; `progress(epoch, epochs, loss)` is called after each epoch."""
+    """Fit an `EnsembleWorldModel` to `data`; `progress(epoch, epochs, loss)` is called after each epoch.
+
+    `init`: fine-tune a copy of this model (its config and normalisation win over `model_config`)."""
+    if init is not None:
+        if init.spec != data.spec:
+            raise ValueError(f"train_world_model: the initial model is for spec {init.spec.name!r} "
+                             f"({init.spec.state_dim} states, {init.spec.action_dim} actions), the data for "
+                             f"{data.spec.name!r}; fine-tune a model of the same vehicle description")
+        model_config = init.config
     cfg = train_config
     train, holdout = data.split_by_episode(cfg.holdout_fraction, cfg.seed)
     if len(train) == 0:
@@ -104,7 +121,7 @@ def train_world_model(
             torch.set_num_threads(cfg.threads)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            model, losses = _fit(train, model_config, cfg, progress)
+            model, losses = _fit(train, model_config, cfg, progress, init)
     finally:
         torch.set_num_threads(saved_threads)
     seconds = time.perf_counter() - started
@@ -128,9 +145,13 @@ def _fit(
     model_config: WorldModelConfig,
     cfg: TrainConfig,
     progress: Callable[[int, int, float], None] | None,
+    init: EnsembleWorldModel | None = None,
 ) -> tuple[EnsembleWorldModel, list[float]]:
-    model = EnsembleWorldModel(train.spec, model_config)
-    model.set_normalisation(train.state, train.action, train.next_state - train.state)
+    if init is not None:
+        model = copy.deepcopy(init)
+    else:
+        model = EnsembleWorldModel(train.spec, model_config)
+        model.set_normalisation(train.state, train.action, train.next_state - train.state)
     states, actions = _windows(train, cfg.multi_step)  # [N, k+1, S], [N, k, A]
     states_t, actions_t = torch.from_numpy(states), torch.from_numpy(actions)
     n, E = states.shape[0], model_config.ensemble_size
@@ -201,7 +222,8 @@ def _one_step_rmse(model: EnsembleWorldModel, data: TransitionSet) -> tuple[dict
 
 
 def save_checkpoint(model: EnsembleWorldModel, path: str | os.PathLike[str]) -> Path:
-    """torch.save of plain data only (config, spec dict, state_dict), so loading needs no pickle of our classes."""
+    """torch.save of plain data only (config, spec dict, state_dict, and `model.provenance`, what it learned
+    from: JSON-like), so loading needs no pickle of our classes."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -210,6 +232,7 @@ def save_checkpoint(model: EnsembleWorldModel, path: str | os.PathLike[str]) -> 
         "config": asdict(model.config),
         "spec": model.spec.to_dict(),
         "state_dict": model.state_dict(),
+        "provenance": json.loads(json.dumps(getattr(model, "provenance", {}), default=str)),
     }
     tmp = p.with_name(f".{p.name}.tmp")
     torch.save(payload, tmp)
@@ -242,5 +265,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> EnsembleWorldModel:
         model.load_state_dict(payload["state_dict"])
     except (KeyError, RuntimeError) as e:
         raise ValueError(f"{p}: state_dict does not match its config {config} ({e})") from None
+    model.provenance = dict(payload.get("provenance") or {})
     model.eval()
     return model

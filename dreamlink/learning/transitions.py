@@ -131,6 +131,19 @@ class TransitionSet:
             self.spec, self.state[i], self.action[i], self.next_state[i], self.episode[i], meta=self.meta
         )
 
+    def chunked(self, max_steps: int) -> TransitionSet:
+        """The same rows with every episode longer than `max_steps` cut into consecutive pieces of at most that
+        many (a 3-minute flight log is one episode; a holdout needs several)."""
+        if not (isinstance(max_steps, int) and max_steps >= 1):
+            raise ValueError(f"chunked: max_steps must be an int >= 1, got {max_steps!r}")
+        new = np.empty_like(self.episode)
+        next_id = 0
+        for ep in np.unique(self.episode):
+            rows = np.flatnonzero(self.episode == ep)
+            new[rows] = next_id + np.arange(rows.size) // max_steps
+            next_id += (rows.size + max_steps - 1) // max_steps
+        return TransitionSet(self.spec, self.state, self.action, self.next_state, new, self.meta)
+
     def split_by_episode(self, holdout_fraction: float, seed: int) -> tuple[TransitionSet, TransitionSet]:
         """(train, holdout), whole episodes on each side so the holdout is not a near-copy of training rows.
 
@@ -190,6 +203,19 @@ class TransitionSet:
             np.concatenate(episodes),
             meta=meta,
         )
+
+
+def provenance(data: TransitionSet) -> dict[str, Any]:
+    """What a model trained on `data` learned from, for its bundle: minutes of data, the flight logs (path and
+    sha256) and the vehicle they show (the first `vehicle` found in the sets' metadata)."""
+    metas = [data.meta, *[m for m in data.meta.get("sources", []) if isinstance(m, Mapping)]]
+    logs = [{"source": m.get("source"), "sha256": m["sha256"]} for m in metas if m.get("sha256")]
+    vehicle = next((m["vehicle"] for m in metas if m.get("vehicle")), None)
+    out: dict[str, Any] = {"data_minutes": round(len(data) * data.spec.control_period_s / 60.0, 3),
+                           "transitions": len(data), "logs": logs}
+    if vehicle:
+        out["vehicle"] = vehicle
+    return out
 
 
 def _check_arrays(

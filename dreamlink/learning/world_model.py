@@ -73,6 +73,7 @@ class EnsembleWorldModel(nn.Module):
         super().__init__()
         self.spec = spec
         self.config = config
+        self.provenance: dict[str, object] = {}  # what it learned from (vehicle, logs, minutes); saved with it
         S, A, E = spec.state_dim, spec.action_dim, config.ensemble_size
         sizes = [S + A] + [config.hidden] * config.layers + [S]
         self.weights = nn.ParameterList()

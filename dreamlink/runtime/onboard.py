@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from dreamlink.bundle import BundleError, load_bundle
+from dreamlink.firmware_bridge.autopilot import AutopilotProfile
 from dreamlink.firmware_bridge.ground_station import EstopListener
 from dreamlink.firmware_bridge.link import Link, LinkConfig
 from dreamlink.firmware_bridge.profiles import make_profile
+from dreamlink.firmware_bridge.vehicle_id import VehicleIdentity, compare_identity, read_vehicle_identity
 from dreamlink.runtime.budget import check_rate
 from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
 from dreamlink.runtime.fused import FusedPlanner
@@ -71,7 +73,7 @@ class RunConfig:
     seed: int = 0
     planner: MppiConfig | None = None  # None: what the bundle was calibrated for
     session: SessionConfig = field(default_factory=SessionConfig)
-    connect_timeout_s: float = 30.0
+    connect_timeout_s: float = 30.0  # silence from the vehicle this long ends the wait for it (not its estimator)
     stale_limit_s: float = 0.1
     autopilot: str = ""  # quad: "ardupilot" or "px4"
     mission: MissionConfig = field(default_factory=MissionConfig)
@@ -81,6 +83,8 @@ class RunConfig:
     lockstep_retry_s: float = 0.0
     signing_key_file: str = ""  # MAVLink 2 signing on the link ("" = off; see firmware_bridge.link)
     allowed_sources: tuple[tuple[int, int], ...] = ()  # (sysid, compid) whose commands are taken; () = any
+    on_wait: Callable[[str], None] | None = None  # hears what the vehicle is awaited for (its estimator, ...)
+    strict_vehicle: bool = False  # refuse to fly a vehicle other than the one the bundle learned (else warn)
 
 
 
@@ -145,7 +149,12 @@ def fly(
     first_command_s = float("nan")
     mission_info: dict[str, object] = {}
     try:
-        profile.connect(timeout_s=config.connect_timeout_s)
+        if isinstance(profile, AutopilotProfile):
+            profile.connect(timeout_s=config.connect_timeout_s, progress=config.on_wait)
+            mission_info["vehicle"] = check_vehicle(bundle.manifest.training.get("vehicle"), profile,
+                                                    config.strict_vehicle, str(config.bundle))
+        else:
+            profile.connect(timeout_s=config.connect_timeout_s)
         if spec.name == "quad":
             limits, reference, ticks, mission_info = _take_off(profile, spec, config, planner_cfg.horizon, clock)
         else:
@@ -183,6 +192,8 @@ def fly(
             recorder.event("landed", clock.now(), armed=profile.armed)
             mission_info["landed_disarmed"] = not profile.armed
     finally:
+        if isinstance(profile, AutopilotProfile):
+            mission_info["telemetry"] = profile.stream_report()
         try:
             profile.release()
         finally:
@@ -195,6 +206,26 @@ def fly(
                "mission": mission_info, "planner": type(planner).__name__}
     (config.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return result
+
+
+def check_vehicle(learned: Any, profile: AutopilotProfile, strict: bool, bundle_name: str) -> dict[str, Any]:
+    """Compare the vehicle the bundle learned (its manifest's `training.vehicle`) with the one connected: warn
+    about each difference (another autopilot family is a mismatch: the model describes another closed loop); with
+    `strict` any of them raises BundleError before anything is armed. Returns what was found, for the summary."""
+    flying = read_vehicle_identity(profile)
+    out: dict[str, Any] = {"flying": flying.to_dict()}
+    if not learned:
+        log.warning("%s records no vehicle it learned; cannot check it against %s", bundle_name, flying.summary)
+        return out
+    mismatches, differences = compare_identity(VehicleIdentity.from_dict(learned), flying)
+    out.update(learned=learned, mismatches=mismatches, differences=differences)
+    for text in mismatches + differences:
+        log.warning("%s: %s", bundle_name, text)
+    if strict and (mismatches or differences):
+        raise BundleError(f"{bundle_name} learned {learned.get('summary', learned.get('family'))}, not this vehicle "
+                          f"({flying.summary}): {'; '.join(mismatches + differences)}. Fly a bundle learned on this "
+                          f"vehicle (`dreamlink learn`), or leave out --strict-vehicle")
+    return out
 
 
 def _take_off(

@@ -43,6 +43,7 @@ class FlightRecorder:
         self._tlog_fd: int | None = os.open(self.out_dir / TLOG_NAME, flags, 0o644)
         self._events_fd: int | None = os.open(self.out_dir / EVENTS_NAME, flags, 0o644)
         self.frames_written = 0
+        self._last_stamp_us = 0
         n, S, A = max(max_ticks, 1), spec.state_dim, spec.action_dim
         # Preallocated: the tick only fills rows. A flight longer than max_ticks keeps its
         # first max_ticks rows here; the .tlog keeps everything.
@@ -56,12 +57,18 @@ class FlightRecorder:
         self._rows = 0
 
     def tap(self, direction: str, unix_time_s: float, frame: bytes) -> None:
-        """Link tap: one .tlog record per frame, both directions."""
-        record = struct.pack(">Q", int(unix_time_s * 1e6)) + frame
+        """Link tap: one .tlog record per frame, both directions.
+
+        The send and receive threads stamp their frames before taking the lock, so a frame may reach it stamped
+        a little earlier than the one written before it; it is written at that one's time instead. A .tlog's
+        records never go back in time (mavlogdump-based tools, and the log-to-data path, expect that)."""
+        stamp_us = int(unix_time_s * 1e6)
         with self._lock:
             if self._tlog_fd is None:
                 return
-            os.write(self._tlog_fd, record)
+            stamp_us = max(stamp_us, self._last_stamp_us)
+            self._last_stamp_us = stamp_us
+            os.write(self._tlog_fd, struct.pack(">Q", stamp_us) + frame)
             self.frames_written += 1
 
     def event(self, kind: str, t_s: float, **fields: Any) -> None:

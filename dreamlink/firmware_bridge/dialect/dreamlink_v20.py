@@ -1049,6 +1049,7 @@ MAVLINK_MSG_ID_COMMAND_ACK = 77
 MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED = 84
 MAVLINK_MSG_ID_TIMESYNC = 111
 MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET = 139
+MAVLINK_MSG_ID_AUTOPILOT_VERSION = 148
 MAVLINK_MSG_ID_EKF_STATUS_REPORT = 193
 MAVLINK_MSG_ID_ESTIMATOR_STATUS = 230
 MAVLINK_MSG_ID_EXTENDED_SYS_STATE = 245
@@ -1726,6 +1727,55 @@ class MAVLink_set_actuator_control_target_message(MAVLink_message):
 setattr(MAVLink_set_actuator_control_target_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_autopilot_version_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_AUTOPILOT_VERSION
+    msgname = "AUTOPILOT_VERSION"
+    fieldnames = ["capabilities", "flight_sw_version", "middleware_sw_version", "os_sw_version", "board_version", "flight_custom_version", "middleware_custom_version", "os_custom_version", "vendor_id", "product_id", "uid", "uid2"]
+    ordered_fieldnames = ["capabilities", "uid", "flight_sw_version", "middleware_sw_version", "os_sw_version", "board_version", "vendor_id", "product_id", "flight_custom_version", "middleware_custom_version", "os_custom_version", "uid2"]
+    fieldtypes = ["uint64_t", "uint32_t", "uint32_t", "uint32_t", "uint32_t", "uint8_t", "uint8_t", "uint8_t", "uint16_t", "uint16_t", "uint64_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"capabilities": "MAV_PROTOCOL_CAPABILITY"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<QQIIIIHHBBBB")
+    orders = [0, 2, 3, 4, 5, 8, 9, 10, 6, 7, 1, 11]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 8, 8, 8, 18]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 18]
+    crc_extra = 178
+    unpacker = struct.Struct("<QQIIIIHH8B8B8B18B")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, capabilities: int, flight_sw_version: int, middleware_sw_version: int, os_sw_version: int, board_version: int, flight_custom_version: Sequence[int], middleware_custom_version: Sequence[int], os_custom_version: Sequence[int], vendor_id: int, product_id: int, uid: int, uid2: Sequence[int] = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)):
+        MAVLink_message.__init__(self, MAVLink_autopilot_version_message.id, MAVLink_autopilot_version_message.msgname)
+        self._fieldnames = MAVLink_autopilot_version_message.fieldnames
+        self._instance_field = MAVLink_autopilot_version_message.instance_field
+        self._instance_offset = MAVLink_autopilot_version_message.instance_offset
+        self.capabilities = capabilities
+        self.flight_sw_version = flight_sw_version
+        self.middleware_sw_version = middleware_sw_version
+        self.os_sw_version = os_sw_version
+        self.board_version = board_version
+        self.flight_custom_version = flight_custom_version
+        self.middleware_custom_version = middleware_custom_version
+        self.os_custom_version = os_custom_version
+        self.vendor_id = vendor_id
+        self.product_id = product_id
+        self.uid = uid
+        self.uid2 = uid2
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.capabilities, self.uid, self.flight_sw_version, self.middleware_sw_version, self.os_sw_version, self.board_version, self.vendor_id, self.product_id, self.flight_custom_version[0], self.flight_custom_version[1], self.flight_custom_version[2], self.flight_custom_version[3], self.flight_custom_version[4], self.flight_custom_version[5], self.flight_custom_version[6], self.flight_custom_version[7], self.middleware_custom_version[0], self.middleware_custom_version[1], self.middleware_custom_version[2], self.middleware_custom_version[3], self.middleware_custom_version[4], self.middleware_custom_version[5], self.middleware_custom_version[6], self.middleware_custom_version[7], self.os_custom_version[0], self.os_custom_version[1], self.os_custom_version[2], self.os_custom_version[3], self.os_custom_version[4], self.os_custom_version[5], self.os_custom_version[6], self.os_custom_version[7], self.uid2[0], self.uid2[1], self.uid2[2], self.uid2[3], self.uid2[4], self.uid2[5], self.uid2[6], self.uid2[7], self.uid2[8], self.uid2[9], self.uid2[10], self.uid2[11], self.uid2[12], self.uid2[13], self.uid2[14], self.uid2[15], self.uid2[16], self.uid2[17]), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_autopilot_version_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_ekf_status_report_message(MAVLink_message):
     """
 
@@ -2038,6 +2088,7 @@ mavlink_map: Dict[int, Type[MAVLink_message]] = {
     MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED: MAVLink_set_position_target_local_ned_message,
     MAVLINK_MSG_ID_TIMESYNC: MAVLink_timesync_message,
     MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET: MAVLink_set_actuator_control_target_message,
+    MAVLINK_MSG_ID_AUTOPILOT_VERSION: MAVLink_autopilot_version_message,
     MAVLINK_MSG_ID_EKF_STATUS_REPORT: MAVLink_ekf_status_report_message,
     MAVLINK_MSG_ID_ESTIMATOR_STATUS: MAVLink_estimator_status_message,
     MAVLINK_MSG_ID_EXTENDED_SYS_STATE: MAVLink_extended_sys_state_message,
@@ -2900,6 +2951,46 @@ class MAVLink(object):
 
         """
         self.send(self.set_actuator_control_target_encode(time_usec, group_mlx, target_system, target_component, controls), force_mavlink1=force_mavlink1)
+
+    def autopilot_version_encode(self, capabilities: int, flight_sw_version: int, middleware_sw_version: int, os_sw_version: int, board_version: int, flight_custom_version: Sequence[int], middleware_custom_version: Sequence[int], os_custom_version: Sequence[int], vendor_id: int, product_id: int, uid: int, uid2: Sequence[int] = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)) -> MAVLink_autopilot_version_message:
+        """
+        
+
+        capabilities              :  (type:uint64_t, values:MAV_PROTOCOL_CAPABILITY)
+        flight_sw_version         :  (type:uint32_t)
+        middleware_sw_version        :  (type:uint32_t)
+        os_sw_version             :  (type:uint32_t)
+        board_version             :  (type:uint32_t)
+        flight_custom_version        :  (type:uint8_t)
+        middleware_custom_version        :  (type:uint8_t)
+        os_custom_version         :  (type:uint8_t)
+        vendor_id                 :  (type:uint16_t)
+        product_id                :  (type:uint16_t)
+        uid                       :  (type:uint64_t)
+        uid2                      :  (type:uint8_t)
+
+        """
+        return MAVLink_autopilot_version_message(capabilities, flight_sw_version, middleware_sw_version, os_sw_version, board_version, flight_custom_version, middleware_custom_version, os_custom_version, vendor_id, product_id, uid, uid2)
+
+    def autopilot_version_send(self, capabilities: int, flight_sw_version: int, middleware_sw_version: int, os_sw_version: int, board_version: int, flight_custom_version: Sequence[int], middleware_custom_version: Sequence[int], os_custom_version: Sequence[int], vendor_id: int, product_id: int, uid: int, uid2: Sequence[int] = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), force_mavlink1: bool = False) -> None:
+        """
+        
+
+        capabilities              :  (type:uint64_t, values:MAV_PROTOCOL_CAPABILITY)
+        flight_sw_version         :  (type:uint32_t)
+        middleware_sw_version        :  (type:uint32_t)
+        os_sw_version             :  (type:uint32_t)
+        board_version             :  (type:uint32_t)
+        flight_custom_version        :  (type:uint8_t)
+        middleware_custom_version        :  (type:uint8_t)
+        os_custom_version         :  (type:uint8_t)
+        vendor_id                 :  (type:uint16_t)
+        product_id                :  (type:uint16_t)
+        uid                       :  (type:uint64_t)
+        uid2                      :  (type:uint8_t)
+
+        """
+        self.send(self.autopilot_version_encode(capabilities, flight_sw_version, middleware_sw_version, os_sw_version, board_version, flight_custom_version, middleware_custom_version, os_custom_version, vendor_id, product_id, uid, uid2), force_mavlink1=force_mavlink1)
 
     def ekf_status_report_encode(self, flags: int, velocity_variance: float, pos_horiz_variance: float, pos_vert_variance: float, compass_variance: float, terrain_alt_variance: float, airspeed_variance: float = 0) -> MAVLink_ekf_status_report_message:
         """

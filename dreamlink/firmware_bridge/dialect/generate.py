@@ -47,6 +47,8 @@ MESSAGES = (
     "SET_POSITION_TARGET_LOCAL_NED", "SET_ACTUATOR_CONTROL_TARGET",
     # the cart-pole motor board's state
     "DEBUG_FLOAT_ARRAY",
+    # which vehicle a bundle learned (firmware_bridge/vehicle_id.py)
+    "AUTOPILOT_VERSION",
 )
 
 # Enums whose constants code uses (`mavlink.MAV_...`) or whose names it prints (`mavlink.enums[...]`);

@@ -1,4 +1,4 @@
-"""ArduCopter's MAVLink behaviour (4.x, as in the ArduCopter V4.8.0-dev log under /work/shared/data/sitl-logs).
+"""ArduCopter's MAVLink behaviour (4.x, as in the ArduCopter V4.8.0-dev log under ../shared/data/sitl-logs).
 
 Sources: ArduCopter/GCS_MAVLink_Copter.cpp (base_mode, system status, landed state, NAV_TAKEOFF,
 SET_POSITION_TARGET_LOCAL_NED / SET_ATTITUDE_TARGET handlers), ArduCopter/mode_guided.cpp (GUID_TIMEOUT),

@@ -21,7 +21,7 @@ velocity. Yaw: a finite yaw is tracked (yaw rate as feed-forward), else a finite
 the heading is held.
 
 Gains are per flavour (`ARDUPILOT_GAINS`, `PX4_GAINS`), taken from the stock parameters in the two real logs
-under /work/shared/data/sitl-logs (PSC_* for ArduCopter 4.8, MPC_*/MC_* for PX4 1.16) where the units carry
+under ../shared/data/sitl-logs (PSC_* for ArduCopter 4.8, MPC_*/MC_* for PX4 1.16) where the units carry
 over, and tuned for this airframe where they do not (the rate loops: real ones are normalised to actuator
 range).
 """

@@ -1,4 +1,4 @@
-"""PX4's MAVLink behaviour (1.16, as in the PX4 v1.16.0 SIH log under /work/shared/data/sitl-logs).
+"""PX4's MAVLink behaviour (1.16, as in the PX4 v1.16.0 SIH log under ../shared/data/sitl-logs).
 
 Sources: src/modules/commander/Commander.cpp (handle_command: DO_SET_MODE, ARM_DISARM, NAV_TAKEOFF / LAND /
 RETURN_TO_LAUNCH, printRejectMode), UserModeIntention.cpp (mode changes always allowed while disarmed, else

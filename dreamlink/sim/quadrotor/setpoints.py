@@ -5,7 +5,7 @@ MAVLink common.xml, POSITION_TARGET_TYPEMASK (a set bit means *ignore* that fiel
 2048 YAW_RATE. ATTITUDE_TARGET_TYPEMASK: 1 BODY_ROLL_RATE, 2 BODY_PITCH_RATE, 4 BODY_YAW_RATE ignore,
 32 THRUST_BODY_SET, 64 THROTTLE ignore, 128 ATTITUDE ignore.
 
-The masks in the real logs (/work/shared/data/sitl-logs): 2503 = velocity + yaw (the excitation), 2496 =
+The masks in the real logs (../shared/data/sitl-logs): 2503 = velocity + yaw (the excitation), 2496 =
 position + velocity + yaw (PX4 climb ramp), 2552 = position + yaw (PX4 hold before arming).
 
 The two autopilots read the same bits differently:
