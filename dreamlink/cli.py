@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # the CLI's job: one clear line, not a traceback, for known errors
         from dreamlink.bundle import BundleError
 
-        if isinstance(e, (BundleError, FileNotFoundError, ValueError, TimeoutError)):
+        if isinstance(e, (BundleError, FileNotFoundError, FileExistsError, ValueError, TimeoutError)):
             print(f"dreamlink {args.command}: error: {e}", file=sys.stderr)
             return 2
         raise

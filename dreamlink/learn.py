@@ -175,6 +175,8 @@ def learn(cfg: LearnConfig, bar: Callable[[int, str, str], Any], say: Callable[[
     from dreamlink.runtime.onboard import MissionConfig, RunConfig, fly
 
     cfg.out.mkdir(parents=True, exist_ok=True)
+    for stale in [*cfg.out.glob("round*-collect"), *cfg.out.glob("round*-flight")]:
+        shutil.rmtree(stale)  # a flight folder holds one flight: logs of an earlier run would mix into the data
     sim = load_checkpoint(cfg.init)
     logs = list(cfg.logs)
     if cfg.collect_minutes > 0:

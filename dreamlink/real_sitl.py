@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def _fly(bundle: Path, connect: str, autopilot: str, out: Path, seed: int, laps:
     """One figure-eight by `dreamlink run` in its own process; its tracking figures."""
     from dreamlink.reports import load_ticks, plot_quad_path, quad_summary
 
+    if out.exists():
+        shutil.rmtree(out)  # one folder, one flight
     cmd = [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(bundle), "--connect", connect,
            "--autopilot", autopilot, "--laps", str(laps), "--seed", str(seed), "--out", str(out),
            "--connect-timeout", "60"] + (["--baseline"] if baseline else [])

@@ -141,8 +141,15 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     import shutil
 
     from dreamlink.campaign.shards import load_shards
-    from dreamlink.demo import QUAD_IGNORE_INPUTS, QUAD_KSTEP_TOLERANCE, QUAD_PLANNER, export_bundle
+    from dreamlink.demo import (
+        QUAD_IGNORE_INPUTS,
+        QUAD_KSTEP_TOLERANCE,
+        QUAD_PLANNER,
+        QUAD_TASK_TOLERANCES,
+        export_bundle,
+    )
     from dreamlink.learning.train import TrainConfig, train_world_model
+    from dreamlink.learning.transitions import provenance
     from dreamlink.learning.world_model import WorldModelConfig
 
     data = load_shards(args.data)
@@ -154,8 +161,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
-    export_bundle(result.model, data.spec, out, holdout=holdout, training=result.summary(), planner=QUAD_PLANNER,
-                  tolerance=QUAD_KSTEP_TOLERANCE)
+    export_bundle(result.model, data.spec, out, holdout=holdout, training={**result.summary(), **provenance(data)},
+                  planner=QUAD_PLANNER, tolerance=QUAD_KSTEP_TOLERANCE, task_tolerances=QUAD_TASK_TOLERANCES)
     return 0
 
 

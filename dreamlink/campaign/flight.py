@@ -186,15 +186,18 @@ def _collect(job: FlightJob, connect: str, work: Path) -> dict[str, Any]:
     from dreamlink.campaign.collect import QuadCollectConfig, collect_quad
     from dreamlink.firmware_bridge.link import Link, LinkConfig
     from dreamlink.firmware_bridge.profiles import make_profile
+    from dreamlink.firmware_bridge.vehicle_id import read_vehicle_identity
     from dreamlink.learning.transitions import TransitionSet
     from dreamlink.spec import QUAD
 
     with Link(LinkConfig(connect)) as link:
         profile = make_profile(QUAD, link, job.autopilot, lockstep=True)
         profile.connect(timeout_s=30)
+        vehicle = {**read_vehicle_identity(profile).to_dict(), "source": "dreamlink quad SITL"}
         d = collect_quad(profile, QUAD, QuadCollectConfig(seconds=job.collect_seconds, seed=job.seed,
                                                           takeoff_altitude_m=job.mission.get("altitude_m", 5.0)),
-                         meta={"flavour": job.autopilot, "flight": job.index, "domain": job.domain})
+                         meta={"flavour": job.autopilot, "flight": job.index, "domain": job.domain,
+                               "vehicle": vehicle})
     data = TransitionSet(d.spec, d.state, d.action, d.next_state, np.full(len(d), job.index, np.int64), d.meta)
     data.save(work / "shard.npz")
     return {"outcome": "success", "reason": "", "transitions": len(data)}

@@ -111,6 +111,9 @@ def collect_live(config: LiveCollectConfig, spec: VehicleSpec = QUAD, stop: thre
     """One excitation flight in real time; the transitions it gave (also saved beside its flight log)."""
     phase = on_phase or (lambda text: log.info("%s", text))
     out = Path(config.out_dir)
+    if (out / TLOG_NAME).exists():
+        raise FileExistsError(f"{out} already holds a flight log ({TLOG_NAME}); collect into a new folder, so one "
+                              f"log is one flight")
     period = spec.control_period_s
     ticks = round(config.minutes * 60.0 / period)
     recorder = FlightRecorder(out, spec, 1, ticks)
