@@ -94,6 +94,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = transitions_from_logs(args.data, autopilot=args.autopilot, on_error=args.on_log_error)
     print(f"data: {len(data)} transitions ({len(data) * data.spec.control_period_s / 60:.2f} min) from "
           f"{len(args.data)} file(s)", file=sys.stderr)
+    if data.spec.name == "quad" and any(str(p).endswith(".tlog") for p in args.data):
+        from dreamlink.learn import QUAD_KINEMATICS
+
+        data = data.with_integrated_positions(QUAD_KINEMATICS)  # the estimator's wander is not dynamics
     init = load_checkpoint(args.init) if args.init else None
     result = train_with_progress(data, args.hidden, args.layers, args.ensemble, args.epochs, args.seed,
                                  args.activation, init=init, lr=args.lr,
@@ -163,6 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             speed_mps=args.speed_mps,
             laps=args.laps,
             baseline=args.baseline,
+            drift_window_s=args.drift_window_s,
         ),
     )
     stop = threading.Event()
@@ -323,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--half-width-m", type=float, default=3.0)
     q.add_argument("--speed-mps", type=float, default=2.0, help="mean speed along the figure-eight")
     q.add_argument("--laps", type=float, default=2.0, help="laps to fly (when --ticks is 0)")
+    q.add_argument("--drift-window-s", type=float, default=1.0,
+                   help="offset-free tracking: estimate the position's drift from the velocity's integral over "
+                        "this window and aim the plan against it (0: off)")
     q.add_argument("--baseline", action="store_true",
                    help="stream the reference as position setpoints to the autopilot instead of planning")
     r.set_defaults(func=cmd_run)

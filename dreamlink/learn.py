@@ -35,6 +35,9 @@ from dreamlink.spec import QUAD, VehicleSpec
 log = logging.getLogger(__name__)
 
 CHUNK_STEPS = 250  # flight logs are cut into 5 s episodes, so a holdout can be whole pieces
+# A multirotor's logged position is trained as the integral of its logged velocity (see
+# `TransitionSet.with_integrated_positions`: the estimator's GPS-driven wander is not dynamics).
+QUAD_KINEMATICS = (("pos_n_m", "vel_n_mps"), ("pos_e_m", "vel_e_mps"), ("pos_d_m", "vel_d_mps"))
 FINETUNE_LR = 3e-4
 
 
@@ -99,6 +102,8 @@ def fine_tune(init: Any, data: Any, epochs: int = 40, seed: int = 0, lr: float =
         train, holdout = split_holdout(data)
     else:
         train = data
+    if all(p in data.spec.state_names and v in data.spec.state_names for p, v in QUAD_KINEMATICS):
+        train = train.with_integrated_positions(QUAD_KINEMATICS)
     result = train_world_model(train, init.config, TrainConfig(epochs=epochs, seed=seed, lr=lr,
                                                                 holdout_fraction=0.0), progress, init=init)
     model = result.model

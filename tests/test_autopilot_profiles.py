@@ -421,16 +421,20 @@ def test_connect_waits_for_the_estimator_while_the_autopilot_is_alive_and_says_w
 
 
 @pytest.mark.sitl
-def test_a_landed_ardupilot_left_in_land_is_not_waited_on_for_its_prearm_bit(port: int, client_link: Link) -> None:
-    """After a flight ArduPilot sits disarmed in LAND, a mode it cannot arm in, so its pre-arm checks fail until a
-    client switches to GUIDED: the next flight's connect() must not wait for them there."""
-    with ScriptedAutopilot(ARDUPILOT, port, ready_after_s=1e6) as fc:
+@pytest.mark.parametrize(("flavour", "mode", "name"), [(ARDUPILOT, COPTER_MODES["LAND"], "LAND"),
+                                                       (PX4, PX4_OFFBOARD, "OFFBOARD")])
+def test_a_landed_vehicle_is_not_waited_on_for_a_prearm_bit_its_mode_withholds(
+        port: int, client_link: Link, flavour: str, mode: int, name: str) -> None:
+    """After a flight ArduPilot sits disarmed in LAND (a mode it cannot arm in) and PX4 in OFFBOARD (which fails
+    its arming check until setpoints stream), both seen on the real SITLs: their pre-arm checks fail until the
+    client enters its control mode, so the next flight's connect() must not wait for them there."""
+    with ScriptedAutopilot(flavour, port, ready_after_s=1e6) as fc:
         with fc.lock:
-            fc.custom_mode = COPTER_MODES["LAND"]
-        profile = ArduPilotCopterProfile(client_link, QUAD, FAST)
+            fc.custom_mode = mode
+        profile = (ArduPilotCopterProfile if flavour == ARDUPILOT else Px4Profile)(client_link, QUAD, FAST)
         started = time.monotonic()
         profile.connect(timeout_s=2.0)
-        assert not profile.ready and profile.mode == "LAND" and time.monotonic() - started < 5.0
+        assert not profile.ready and profile.mode == name and time.monotonic() - started < 5.0
 
 
 @pytest.mark.sitl

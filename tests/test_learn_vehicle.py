@@ -125,3 +125,40 @@ def test_run_warns_about_another_vehicle_and_refuses_it_when_strict(quad_bundle:
     assert "the bundle learned a px4 vehicle; this is ardupilot" in proc.stderr
     events = [json.loads(line) for line in (tmp_path / "f" / "events.jsonl").read_text().splitlines()]
     assert not any(e["event"] == "armed" for e in events)  # refused before arming
+
+
+def test_integer_parameters_are_decoded_the_way_each_autopilot_encodes_them() -> None:
+    """PX4 copies an INT32's bytes into PARAM_VALUE's float; ArduPilot casts (its FRAME_CLASS 1 arrives as 1.0)."""
+    import struct
+    from types import SimpleNamespace
+
+    from dreamlink.firmware_bridge.vehicle_id import param_value
+
+    int32, int8, real32 = 6, 2, 9
+    bytewise = struct.unpack("<f", struct.pack("<i", 10040))[0]
+    assert param_value(SimpleNamespace(param_value=bytewise, param_type=int32), "px4") == 10040.0
+    assert param_value(SimpleNamespace(param_value=1.0, param_type=int8), "ardupilot") == 1.0
+    assert param_value(SimpleNamespace(param_value=2.5, param_type=real32), "px4") == 2.5
+
+
+def test_positions_integrated_from_velocity_drop_the_estimators_wander_and_keep_episodes_whole() -> None:
+    """A logged position that drifts against the logged velocity (an estimator pulled by GPS) is replaced by the
+    velocity's integral from each episode's first sample; the rows still chain, so k-step rollouts still work."""
+    from dreamlink.learn import QUAD_KINEMATICS
+    from dreamlink.learning.transitions import TransitionSet
+
+    rng = np.random.default_rng(0)
+    n, dt = 40, QUAD.control_period_s
+    states = np.zeros((n + 1, QUAD.state_dim), np.float32)
+    states[:, QUAD.state_index("vel_n_mps")] = 1.0
+    states[:, QUAD.state_index("pos_n_m")] = np.arange(n + 1) * dt * 1.0 + np.cumsum(rng.normal(0, 0.02, n + 1))
+    states[:, QUAD.state_index("pos_e_m")] = 3.0
+    actions = np.zeros((n, QUAD.action_dim), np.float32)
+    ep = np.r_[np.zeros(20), np.ones(20)].astype(np.int64)
+    data = TransitionSet(QUAD, states[:-1], actions, states[1:], ep)
+    fixed = data.with_integrated_positions(QUAD_KINEMATICS)
+    pn = QUAD.state_index("pos_n_m")
+    np.testing.assert_allclose(fixed.next_state[:, pn] - fixed.state[:, pn], dt, rtol=1e-5)
+    assert fixed.state[0, pn] == data.state[0, pn] and fixed.state[20, pn] == data.state[20, pn]  # each run's start
+    np.testing.assert_allclose(fixed.state[:, QUAD.state_index("pos_e_m")], 3.0)
+    assert [len(a) for _, a in fixed.episodes()] == [20, 20]

@@ -97,6 +97,9 @@ class Px4Profile(AutopilotProfile):
     AUTOPILOT = mavlink.MAV_AUTOPILOT_PX4
     CONTROL_MODE = "OFFBOARD"
     ESTIMATOR_REPORT = "ESTIMATOR_STATUS"
+    # After a landing PX4 1.16 sits disarmed in OFFBOARD, whose arming check fails without a setpoint stream (seen
+    # on the real SITL: the pre-arm bit came back as soon as enter_control_mode() started streaming).
+    PREARM_FAILS_IN_MODES = frozenset({"OFFBOARD"})
 
     def __init__(self, link: Link, spec: VehicleSpec = QUAD, config: AutopilotConfig | None = None) -> None:
         config = config if config is not None else AutopilotConfig()

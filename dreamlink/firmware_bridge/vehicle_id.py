@@ -10,9 +10,10 @@ shaping parameter a difference worth a warning.
 Read live: AUTOPILOT_VERSION by MAV_CMD_REQUEST_MESSAGE (mavlink.io "Request Message"; both ArduPilot >= 4.1 and
 PX4 answer it), the parameters by PARAM_REQUEST_READ, all asked at once and collected for `timeout_s` (an
 autopilot ignores names it does not have). From a log: the AUTOPILOT_VERSION and PARAM_VALUE records in it
-(MAVProxy and QGroundControl download both at connect). PARAM_VALUE carries integer parameters bytewise in
-its float (PX4's SYS_AUTOSTART 10040 arrives as 1.4e-41; the MAVLink parameter protocol's "bytewise" encoding),
-so those are decoded by param_type.
+(MAVProxy and QGroundControl download both at connect). How PARAM_VALUE carries an integer parameter depends on
+the autopilot (mavlink.io parameter protocol, "Parameter Encoding"): PX4 copies its bytes into the float
+("bytewise": SYS_AUTOSTART 10040 arrives as 1.4e-41), ArduPilot casts it (FRAME_CLASS 1 arrives as 1.0, with
+param_type INT8); so integers are decoded per family.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ _SW_TYPES = {0: "dev", 64: "alpha", 128: "beta", 192: "rc", 255: ""}  # FIRMWARE
 _REL_TOL = 1e-3
 
 
-def param_value(msg: Any) -> float:
-    """PARAM_VALUE's value, integer types decoded from their bytewise float."""
+def param_value(msg: Any, family: str) -> float:
+    """PARAM_VALUE's value; PX4's integer types decoded from their bytewise float, ArduPilot's cast as they are."""
     value = float(msg.param_value)
-    if int(msg.param_type) in _INT_TYPES:
+    if family == "px4" and int(msg.param_type) in _INT_TYPES:
         return float(struct.unpack("<i", struct.pack("<f", value))[0])
     return value
 
@@ -121,7 +122,7 @@ def read_vehicle_identity(profile: Any, timeout_s: float = 1.5) -> VehicleIdenti
         from dreamlink.firmware_bridge.params import param_name
 
         if msg.get_srcSystem() == cfg.target_system:
-            got[param_name(msg.param_id)] = param_value(msg)
+            got[param_name(msg.param_id)] = param_value(msg, family)
 
     def on_version(msg: Any, recv_s: float) -> None:
         if msg.get_srcSystem() == cfg.target_system:
@@ -156,7 +157,7 @@ def identity_from_tlog(path: str | Path, autopilot: tuple[int, int] = (1, 1)) ->
 
     family = ""
     version = None
-    params: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for r in read_tlog(path, on_error="skip", types=("HEARTBEAT", "AUTOPILOT_VERSION", "PARAM_VALUE")):
         system, component = r.src
         if r.type == "HEARTBEAT" and (system, component) == autopilot and not family:
@@ -165,7 +166,8 @@ def identity_from_tlog(path: str | Path, autopilot: tuple[int, int] = (1, 1)) ->
             version = r.msg
         elif r.type == "PARAM_VALUE" and system == autopilot[0]:
             name = r.msg.param_id if isinstance(r.msg.param_id, str) else r.msg.param_id.decode()
-            params[name.split("\x00", 1)[0]] = param_value(r.msg)
+            values[name.split("\x00", 1)[0]] = r.msg
+    params = {name: param_value(msg, family) for name, msg in values.items()}
     return identity_from_messages(family, version, params, str(path))
 
 

@@ -144,6 +144,31 @@ class TransitionSet:
             next_id += (rows.size + max_steps - 1) // max_steps
         return TransitionSet(self.spec, self.state, self.action, self.next_state, new, self.meta)
 
+    def with_integrated_positions(self, pairs: Iterable[tuple[str, str]]) -> TransitionSet:
+        """The same rows with each position component replaced by the integral of its velocity (trapezoid rule),
+        from each continuous run's first sample: `pairs` are (position name, velocity name).
+
+        Why: an autopilot's position estimate is pulled by GPS fixes and wanders against its own velocity (PX4 SIH
+        on the real firmware: 0.18-0.29 m over 0.9 s, a different bias in every flight; ArduPilot SITL 0.04 m), a
+        drift no state or action predicts. A model fitted to it learns the one flight's drift; fitted to the
+        integral it learns the kinematics, and replanning against fresh telemetry corrects the drift."""
+        idx = [(self.spec.state_index(p), self.spec.state_index(v)) for p, v in pairs]
+        dt = self.spec.control_period_s
+        state, next_state = self.state.copy(), self.next_state.copy()
+        starts = np.r_[True, (self.episode[1:] != self.episode[:-1])
+                       | ~np.all(np.isclose(self.next_state[:-1], self.state[1:], rtol=1e-5, atol=1e-6), axis=1)]
+        for pi, vi in idx:
+            step = 0.5 * dt * (self.state[:, vi] + self.next_state[:, vi])  # [N] displacement over each transition
+            run = np.cumsum(starts) - 1  # which continuous run each row is in
+            first = np.flatnonzero(starts)
+            cum = np.cumsum(step)
+            before = cum - step  # displacement from the run's start up to this row (exclusive)
+            before -= (cum - step)[first][run]
+            state[:, pi] = self.state[first, pi][run] + before
+            next_state[:, pi] = state[:, pi] + step
+        return TransitionSet(self.spec, state.astype(self.state.dtype), self.action, next_state.astype(
+            self.next_state.dtype), self.episode, {**self.meta, "positions": "integrated from velocity"})
+
     def split_by_episode(self, holdout_fraction: float, seed: int) -> tuple[TransitionSet, TransitionSet]:
         """(train, holdout), whole episodes on each side so the holdout is not a near-copy of training rows.
 

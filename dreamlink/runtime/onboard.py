@@ -27,7 +27,7 @@ from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
 from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
-from dreamlink.runtime.mission import Figure8, reference_window
+from dreamlink.runtime.mission import DriftEstimator, Figure8, reference_window, shift_for_drift
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
 from dreamlink.runtime.policy import PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
@@ -60,6 +60,7 @@ class MissionConfig:
     fence_min_altitude_m: float = 1.0
     fence_max_altitude_m: float = 20.0
     max_accel_mps2: float = 10.0  # slew limit on the velocity setpoints
+    drift_window_s: float = 1.0  # offset-free tracking: position drift estimated over this window (0: off)
 
 
 @dataclass(frozen=True)
@@ -252,13 +253,22 @@ def _take_off(
     limits = ShieldLimits.from_spec(spec, max_step_change=(step,) * spec.action_dim, geofence=fence)
     period = spec.control_period_s
     ticks = config.ticks or round(m.laps * path.lap_s / period)
+    drift = DriftEstimator(spec, m.drift_window_s) if m.drift_window_s > 0 else None
+
+    def reference(t_s: float) -> np.ndarray:
+        ref = reference_window(path, spec, t_s, horizon, period, start_s)
+        if drift is None:
+            return ref
+        t_vehicle, x, _ = profile.state()
+        return shift_for_drift(ref, drift.update(t_vehicle, x), spec, period)
+
     info: dict[str, object] = {
         "path": "figure8", "centre_ned_m": centre, "half_width_m": m.half_width_m, "speed_mps": m.speed_mps,
-        "ramp_s": m.ramp_s,
+        "ramp_s": m.ramp_s, "drift_window_s": m.drift_window_s,
         "start_s": start_s, "lap_s": path.lap_s, "fence_min_ned_m": fence.min_ned_m, "fence_max_ned_m": fence.max_ned_m,
         "baseline": m.baseline, "autopilot": config.autopilot,
     }
-    return limits, (lambda t_s: reference_window(path, spec, t_s, horizon, period, start_s)), ticks, info
+    return limits, reference, ticks, info
 
 
 def _settle(profile: Any, spec: VehicleSpec, centre: tuple[float, float, float], clock: Clock,
