@@ -118,9 +118,10 @@ def export_quad_bundle(model: Any, out: Path, holdout: Any, training: dict[str, 
                        ) -> tuple[Path, Any, int]:
     """World model + fused planner graph bundle at the horizon the held-out k-step error supports; (bundle, k-step
     curve, horizon). No distilled policy: the one from simulation describes another vehicle."""
+    from dreamlink.bundle import load_bundle, update_manifest
     from dreamlink.calibration.horizon import recommend_task_horizon
     from dreamlink.calibration.kstep import kstep_curve
-    from dreamlink.demo import QUAD_HORIZON_BOUNDS, QUAD_TASK_TOLERANCES, export_bundle
+    from dreamlink.demo import QUAD_TASK_TOLERANCES, export_bundle
     from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
     from dreamlink.runtime.session import ModelSession
 
@@ -135,19 +136,10 @@ def export_quad_bundle(model: Any, out: Path, holdout: Any, training: dict[str, 
     pack_planner_bundle(wm.root, out, PlannerGraphConfig(planner["samples"], horizon),
                         noise_sigma=planner["noise_sigma"], temperature=planner["temperature"])
     shutil.rmtree(wm_dir)
-    from dreamlink.bundle import update_manifest
-
-    bundle = _load(out)
-    update_manifest(bundle, calibration={"kstep_real": {**curve.to_dict(), "task_tolerances": QUAD_TASK_TOLERANCES,
-                                                        "horizon": horizon},
-                                         "planner": {**planner, "horizon": horizon}})
+    kstep_real = {**curve.to_dict(), "task_tolerances": QUAD_TASK_TOLERANCES, "horizon": horizon}
+    update_manifest(load_bundle(out), calibration={"kstep_real": kstep_real,
+                                                   "planner": {**planner, "horizon": horizon}})
     return out, curve, horizon
-
-
-def _load(path: Path) -> Any:
-    from dreamlink.bundle import load_bundle
-
-    return load_bundle(path)
 
 
 def kstep_position_m(curve: Any, k: int) -> float:
@@ -197,13 +189,13 @@ def learn(cfg: LearnConfig, bar: Callable[[int, str, str], Any], say: Callable[[
     if not logs:
         raise ValueError("dreamlink learn: no data: give --collect-minutes > 0 or flight logs with --data")
     planner = {**QUAD_PLANNER, **cfg.planner}
-    _, holdout = split_holdout(_load_data(logs[-1:] if cfg.collect_minutes > 0 else logs[:1]))
+    _, holdout = split_holdout(transitions_from_logs(logs[-1:] if cfg.collect_minutes > 0 else logs[:1]))
     curves = {"sim-only": _curve(sim, holdout)}
     rows: list[dict[str, Any]] = []
     say(f"   sim-only model on the held-out real flight: position error "
         f"{kstep_position_m(curves['sim-only'], 45):.3f} m at 0.9 s")
     for r in range(1, cfg.rounds + 1):
-        train = _without(_load_data(logs), holdout)
+        train = _without(transitions_from_logs(logs), holdout)
         minutes = len(train) * QUAD.control_period_s / 60
         with bar(cfg.epochs, f"round {r}: fine-tune on {minutes:.2f} min", "epoch") as b:
             fit = fine_tune(sim, train, cfg.epochs, cfg.seed, progress=lambda e, n, loss: b.update(1), holdout=holdout)
@@ -232,10 +224,6 @@ def learn(cfg: LearnConfig, bar: Callable[[int, str, str], Any], say: Callable[[
                       f"{cfg.autopilot}: open-loop error on a held-out real flight")
     (cfg.out / "learn.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return rows
-
-
-def _load_data(logs: Sequence[Path]) -> Any:
-    return transitions_from_logs(logs)
 
 
 def _without(train: Any, holdout: Any) -> Any:
