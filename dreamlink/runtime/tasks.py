@@ -6,32 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dreamlink.spec import CARTPOLE_BALANCED_ANGLE_RAD, CARTPOLE_BALANCED_POS_M, VehicleSpec
+from dreamlink.spec import CARTPOLE_BALANCED_ANGLE_RAD, CARTPOLE_BALANCED_POS_M, QuadraticTask, VehicleSpec
 
-
-@dataclass(frozen=True)
-class QuadraticTask:
-    """Quadratic tracking of a target state, a quadratic action cost, and soft walls.
-
-    `walls` are (state index, |limit|) pairs; every imagined step past a wall costs
-    `wall_penalty`, which is how "the pole must stay up" enters a smooth planner.
-    """
-
-    name: str
-    target: tuple[float, ...]  # [S] raw units
-    state_weight: tuple[float, ...]  # [S] per unit^2
-    action_weight: tuple[float, ...]  # [A] per unit^2
-    terminal_weight: float = 1.0
-    walls: tuple[tuple[int, float], ...] = ()
-    wall_penalty: float = 1000.0
-
-    def check(self, spec: VehicleSpec) -> None:
-        if len(self.target) != spec.state_dim or len(self.state_weight) != spec.state_dim:
-            raise ValueError(
-                f"task {self.name}: target/state_weight need {spec.state_dim} entries ({spec.state_names})"
-            )
-        if len(self.action_weight) != spec.action_dim:
-            raise ValueError(f"task {self.name}: action_weight needs {spec.action_dim} entries ({spec.action_names})")
+__all__ = ["QuadraticTask", "default_task", "trajectory_cost"]
 
 
 def trajectory_cost(
@@ -83,8 +60,14 @@ DEFAULT_TASKS = {"cartpole": cartpole_balance, "quad": quad_tracking}
 
 
 def default_task(spec: VehicleSpec) -> QuadraticTask:
-    if spec.name not in DEFAULT_TASKS:
-        raise KeyError(f"no default task for vehicle {spec.name!r}; known: {sorted(DEFAULT_TASKS)}")
-    task = DEFAULT_TASKS[spec.name](spec)
+    """The vehicle file's [task]; for a spec without one (bundles written before vehicle files carried
+    tasks) the built-in task of that vehicle name."""
+    if spec.task is not None:
+        task = spec.task
+    elif spec.name in DEFAULT_TASKS:
+        task = DEFAULT_TASKS[spec.name](spec)
+    else:
+        raise KeyError(f"vehicle {spec.name!r} has no [task] in its vehicle file; add one (targets, weights, "
+                       f"walls), or use a shipped vehicle ({', '.join(sorted(DEFAULT_TASKS))})")
     task.check(spec)
     return task
