@@ -15,8 +15,10 @@ the target without re-exporting):
     wall_limit [S] (|x| above it costs wall_penalty per step; +inf: no wall)  wall_penalty []
 
 Outputs: `plan [H,A]`, `costs [K]`, `imagined [H+1,S]` (the lowest-cost sample's trajectory),
-`disagreement []` (max ensemble std along it, in state half-range units); CEM adds
-`elite_std [H,A]`.
+`disagreement []` (max ensemble std along it, in state half-range units), `nonfinite []` (int64:
+samples whose trajectory or cost was not finite; they cost +inf and weigh nothing, so a model that
+returns NaN for some inputs still plans on the rest; graphs exported before it lack this output);
+CEM adds `elite_std [H,A]`.
 
 Rollout: unrolled by default. The world model's nodes are copied H times with renamed values
 and the weights stored once, so ONNX Runtime sees one static graph and plans every buffer ahead.
@@ -364,7 +366,7 @@ def compose_planner(
                              b.const([K, S], "shape", np.int64)], "x0")  # [K,S]
         traj, preds_hek = _loop_rollout(b, x0, samples_t, step, K, H, S, E)
 
-    costs = _cost(b, traj, samples, H)
+    costs, nonfinite = _nonfinite_to_inf(b, _cost(b, traj, samples, H), traj)
     outputs = _update(b, config, samples, costs, H, A)
     best = b.op("ArgMin", [costs], "best", axis=0, keepdims=1)  # [1]
     imagined = b.op("Reshape", [b.op("Gather", [traj, best], axis=0), b.const([H + 1, S], "shape", np.int64)])
@@ -376,7 +378,7 @@ def compose_planner(
         disagreement = b.reduce("ReduceMax", b.op("Mul", [std, inv_scale]), [0, 1], 0)
     else:
         disagreement = b.const(np.float32(0.0), "no_disagreement")
-    named = {"costs": costs, "imagined": imagined, "disagreement": disagreement, **outputs}
+    named = {"costs": costs, "imagined": imagined, "disagreement": disagreement, "nonfinite": nonfinite, **outputs}
     for out_name, value in named.items():
         b.nodes.append(helper.make_node("Identity", [value], [out_name], name=f"out/{out_name}"))
     graph_outputs = [
@@ -384,6 +386,7 @@ def compose_planner(
         helper.make_tensor_value_info("costs", f32, [K]),
         helper.make_tensor_value_info("imagined", f32, [H + 1, S]),
         helper.make_tensor_value_info("disagreement", f32, []),
+        helper.make_tensor_value_info("nonfinite", TensorProto.INT64, []),
     ]
     if config.method == "cem":
         graph_outputs.append(helper.make_tensor_value_info("elite_std", f32, [H, A]))
@@ -466,20 +469,40 @@ def _cost(b: _Builder, traj: str, samples: str, H: int) -> str:
     return b.op("Add", [b.op("Add", [state_cost, act_cost]), walls], "costs_sum")
 
 
+def _nonfinite_to_inf(b: _Builder, costs: str, traj: str) -> tuple[str, str]:
+    """`dreamlink.runtime.mppi.nonfinite_to_inf` as graph nodes: a sample whose trajectory [K,H+1,S] or cost [K]
+    is not finite costs +inf. Returns (costs [K], how many samples that was [] int64)."""
+    def nonfinite(x: str) -> str:
+        return b.op("Or", [b.op("IsNaN", [x]), b.op("IsInf", [x])])
+
+    traj_bad = b.reduce("ReduceMax", b.op("Cast", [nonfinite(traj)], to=TensorProto.FLOAT), [1, 2], 0)  # [K]
+    bad = b.op("Or", [nonfinite(costs), b.op("Greater", [traj_bad, b.const(0.0, "zero")])], "nonfinite_samples")
+    safe = b.op("Where", [bad, b.const(np.inf, "inf"), costs], "costs")
+    count = b.reduce("ReduceSum", b.op("Cast", [bad], to=TensorProto.INT64), [0], 0, "nonfinite_count")
+    return safe, count
+
+
 def _update(b: _Builder, config: PlannerGraphConfig, samples: str, costs: str, H: int, A: int) -> dict[str, str]:
+    """The new plan from `costs` [K] (+inf for a non-finite sample): it weighs nothing, and is an elite only when
+    fewer finite samples than elites are left, then masked out. With no finite sample the plan is NaN, as
+    `MppiPlanner`'s."""
     K = config.samples
     flat = b.op("Reshape", [samples, b.const([K, H * A], "shape", np.int64)])
     if config.method == "mppi":
         logits = b.op("Div", [b.op("Neg", [costs]), "temperature"])
-        w = b.op("Softmax", [logits], "weights", axis=0)  # = exp(-(c - min)/T) / sum, stable inside ORT
+        # = exp(-(c - min)/T) / sum, stable inside ORT (it subtracts the max logit); -inf logits weigh 0
+        w = b.op("Softmax", [logits], "weights", axis=0)
         plan = b.op("MatMul", [b.op("Reshape", [w, b.const([1, K], "shape", np.int64)]), flat])
         return {"plan": b.op("Reshape", [plan, b.const([H, A], "shape", np.int64)])}
     n = config.elite_count
-    _, idx = b.op_multi("TopK", [b.op("Neg", [costs]), b.const([n], "k", np.int64)], 2, "topk", axis=0)
+    top, idx = b.op_multi("TopK", [b.op("Neg", [costs]), b.const([n], "k", np.int64)], 2, "topk", axis=0)
     elites = b.op("Gather", [samples, idx], "elites", axis=0)  # [n,H,A]
-    mean = b.reduce("ReduceMean", elites, [0], 0, "elite_mean")
-    dev = b.op("Sub", [elites, mean])
-    std = b.op("Sqrt", [b.reduce("ReduceMean", b.op("Mul", [dev, dev]), [0], 0)], "elite_std")
+    finite = b.op("Cast", [b.op("Not", [b.op("IsInf", [top])])], to=TensorProto.FLOAT)  # [n]
+    mask = b.op("Reshape", [finite, b.const([n, 1, 1], "shape", np.int64)], "elite_mask")
+    count = b.reduce("ReduceSum", finite, [0], 0, "elite_count")  # 0 (plan NaN) when no sample was finite
+    mean = b.op("Div", [b.reduce("ReduceSum", b.op("Mul", [elites, mask]), [0], 0), count], "elite_mean")
+    dev = b.op("Mul", [b.op("Sub", [elites, mean]), mask])
+    std = b.op("Sqrt", [b.op("Div", [b.reduce("ReduceSum", b.op("Mul", [dev, dev]), [0], 0), count])], "elite_std")
     return {"plan": mean, "elite_std": std}
 
 

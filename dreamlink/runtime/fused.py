@@ -1,12 +1,12 @@
 """`FusedPlanner`: one ONNX Runtime run per control tick through the fused planner graph.
 
 Same contract as `MppiPlanner` (`initial_plan()`, `plan(state, warm, t_s) -> Plan`), same
-semantics (sample 0 is the warm start, ensemble-mean rollout, `trajectory_cost`, exp(-cost/T)
-weighting; or CEM's elite mean), but the rollout, cost and update all happen inside the graph
-made by `dreamlink.export.planner_graph`. Everything is allocated at start: the input and output
-buffers are bound to the session once (I/O binding on raw pointers), and the tick only writes the
-state and the warm start into their buffers, fills the noise buffer from the seeded generator
-and runs. The only per-tick allocations are the immutable `Plan`'s own arrays.
+semantics (sample 0 is the warm start, ensemble-mean rollout, `trajectory_cost`, a non-finite sample
+costs +inf and weighs nothing, exp(-cost/T) weighting; or CEM's elite mean), but the rollout, cost
+and update all happen inside the graph made by `dreamlink.export.planner_graph`. Everything is
+allocated at start: the input and output buffers are bound to the session once (I/O binding on raw
+pointers), and the tick only writes the state and the warm start into their buffers, fills the
+noise buffer from the seeded generator and runs. The only per-tick allocations are the immutable `Plan`'s own arrays.
 
 Drawing the noise with the same generator call as `MppiPlanner` means the two planners, seeded
 alike, see the same samples: that is how the tests hold the graph to the numpy reference.
@@ -114,11 +114,16 @@ class FusedPlanner:
         if self.method == "cem":
             out_shapes["elite_std"] = (H, A)
         self._out = {name: np.zeros(shape, np.float32) for name, shape in out_shapes.items()}
+        # The count of non-finite samples; a graph exported before it has none (None: the count is unknown,
+        # and a NaN from the model there reaches the plan, where the loop refuses it as before).
+        self._nonfinite: np.ndarray | None = np.zeros((), np.int64) if "nonfinite" in outputs else None
         self._binding = self._session.io_binding()
         for name, arr in self._in.items():
             self._binding.bind_input(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
         for name, arr in self._out.items():
             self._binding.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
+        if self._nonfinite is not None:
+            self._binding.bind_output("nonfinite", "cpu", 0, np.int64, [], self._nonfinite.ctypes.data)
         log.info("fused %s planner %s: K=%d H=%d threads=%d", self.method, self.path.name, K, H,
                  self.session_config.intra_op_threads)
 
@@ -197,6 +202,8 @@ class FusedPlanner:
             imagined=self._out["imagined"].copy(),
             best_cost=float(costs.min()),
             disagreement=float(self._out["disagreement"]),
+            nonfinite_samples=int(self._nonfinite) if self._nonfinite is not None else 0,
+            samples=self.config.samples if self._nonfinite is not None else 0,
         )
 
     def describe(self) -> dict[str, Any]:

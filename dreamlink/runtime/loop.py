@@ -4,7 +4,9 @@
 carries between ticks (the previous plan, counters); the planner and the shield are
 functions of their inputs. Fallback chain when planning fails or is unusable: the distilled
 policy (when the bundle has one and the state is fresh), the shifted previous plan, then the hold
-action. Every fallback is counted and logged as an event. With a policy, a share of each tick's
+action. Every fallback is counted and logged as an event. Samples whose imagined future was not
+finite are left out by the planner and counted here (`nonfinite_samples_total`); only a tick with no
+finite sample at all falls back (`all_samples_nonfinite`). With a policy, a share of each tick's
 samples is also seeded from it (`PolicySession.prior`).
 """
 
@@ -35,6 +37,10 @@ LOCKSTEP_WALL_GRACE_S = 2.0
 # At the loop's end a failsafe request in flight gets this long to finish before the caller lands the
 # vehicle: two refused modes at ~3.5 s each on a bad link, and a margin.
 FAILSAFE_REQUEST_WAIT_S = 10.0
+# Ticks with non-finite samples are logged as one event at the first and then at most one per interval, carrying
+# the counts since the last: a model that returns NaN somewhere may do so every tick, and 50 events a second
+# would drown the log (the totals are in the stats).
+NONFINITE_EVENT_INTERVAL_S = 1.0
 
 
 class Profile(Protocol):
@@ -77,6 +83,8 @@ class LoopCounters:
     shield_clipped: int = 0
     shield_nonfinite: int = 0
     shield_fenced: int = 0
+    nonfinite_samples_total: int = 0  # samples left out of the weights because the model's future was not finite
+    ticks_with_nonfinite: int = 0
     fallbacks: dict[str, int] = field(default_factory=dict)
 
 
@@ -100,6 +108,8 @@ class LoopStats:
     shield_nonfinite: int
     shield_fenced: int
     fallbacks: dict[str, int]
+    nonfinite_samples_total: int = 0
+    ticks_with_nonfinite: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,6 +158,8 @@ class ControlLoop:
         self._last_sent: np.ndarray | None = None
         self._latency: list[float] = []
         self._lateness: list[float] = []
+        self._nonfinite_event_s: float | None = None  # when the last non-finite-samples event was written
+        self._nonfinite_unlogged = (0, 0)  # (ticks, samples) since then
 
     def _fallback(self, reason: str, t_s: float, state: np.ndarray | None = None,
                   ref: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -208,11 +220,14 @@ class ControlLoop:
                 log.warning("planner failed: %s", e)
                 plan = None
             latency_s = time.perf_counter() - t0
+            if plan is not None and plan.nonfinite_samples:
+                self._count_nonfinite(now_s, plan)
             if plan is None:
                 action, source = self._fallback("planner_error", now_s, state, ref)
             elif not np.all(np.isfinite(plan.actions)):
+                reason = "all_samples_nonfinite" if plan.all_samples_nonfinite else "nonfinite_plan"
                 plan = None
-                action, source = self._fallback("nonfinite_plan", now_s, state, ref)
+                action, source = self._fallback(reason, now_s, state, ref)
             elif latency_s > self.config.plan_latency_limit_s and not self._paced_by_vehicle:
                 plan = None
                 action, source = self._fallback("plan_overrun", now_s, state, ref)
@@ -241,6 +256,25 @@ class ControlLoop:
         self._latency.append(latency_s)
         self._lateness.append(lateness_s)
         return safe.action
+
+    def _count_nonfinite(self, now_s: float, plan: Plan) -> None:
+        """Count a tick whose plan left out non-finite samples; an event at the first, then at most one per
+        `NONFINITE_EVENT_INTERVAL_S` with the ticks and samples since the last one."""
+        self.counters.nonfinite_samples_total += plan.nonfinite_samples
+        self.counters.ticks_with_nonfinite += 1
+        ticks, samples = self._nonfinite_unlogged
+        ticks, samples = ticks + 1, samples + plan.nonfinite_samples
+        last = self._nonfinite_event_s
+        if last is not None and now_s - last < NONFINITE_EVENT_INTERVAL_S:
+            self._nonfinite_unlogged = (ticks, samples)
+            return
+        if self.recorder:
+            self.recorder.event("nonfinite_samples", now_s, samples=plan.nonfinite_samples, of=plan.samples,
+                                ticks_since_last=ticks, samples_since_last=samples,
+                                samples_total=self.counters.nonfinite_samples_total,
+                                ticks_total=self.counters.ticks_with_nonfinite)
+        self._nonfinite_event_s = now_s
+        self._nonfinite_unlogged = (0, 0)
 
     def _on_stale(self, now_s: float) -> None:
         """No fresh state: hold (done by the fallback); past `failsafe_after_s`, hand over to the vehicle.
@@ -349,4 +383,6 @@ class ControlLoop:
             shield_nonfinite=c.shield_nonfinite,
             shield_fenced=c.shield_fenced,
             fallbacks=dict(c.fallbacks),
+            nonfinite_samples_total=c.nonfinite_samples_total,
+            ticks_with_nonfinite=c.ticks_with_nonfinite,
         )

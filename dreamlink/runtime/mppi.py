@@ -1,5 +1,7 @@
 """MPPI through an ONNX world model: sample K action sequences around the warm-start plan,
-imagine each H steps ahead, weight them by exp(-cost / temperature), average.
+imagine each H steps ahead, weight them by exp(-cost / temperature), average. A sample whose
+imagined future is not finite (a model that returns NaN for some inputs) costs +inf and weighs
+nothing; the plan stays finite while any sample is, and is NaN (refused by the loop) when none is.
 
 Reads top to bottom as one planning step: noise -> samples -> rollout -> cost -> weights ->
 new plan. The loop owns what carries between ticks (the previous plan); `shift_plan` is the
@@ -63,8 +65,17 @@ class Plan:
     made_at_s: float
     from_state: np.ndarray  # [S]
     imagined: np.ndarray  # [H+1,S] trajectory of the lowest-cost sample
-    best_cost: float
+    best_cost: float  # +inf when no sample was finite
     disagreement: float  # max ensemble std along the imagined trajectory, in state-range units
+    # Samples whose imagined trajectory or cost was not finite: scored +inf, weight 0. `samples` is K (0: the
+    # plan did not come from sampling, or the planner cannot tell, e.g. a planner graph exported before the count).
+    nonfinite_samples: int = 0
+    samples: int = 0
+
+    @property
+    def all_samples_nonfinite(self) -> bool:
+        """No sample was finite: there was nothing to weight, and the actions are NaN (never to be flown)."""
+        return self.samples > 0 and self.nonfinite_samples >= self.samples
 
     def action_at(self, t_s: float, period_s: float) -> np.ndarray:
         """The step due at `t_s` (the plan's first step at `made_at_s`)."""
@@ -101,10 +112,24 @@ def smooth_noise(noise: np.ndarray, beta: float) -> None:
 
 
 def mppi_weights(costs: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax of -cost/temperature, shifted by the minimum for stability. [K] -> [K]."""
-    z = -(costs - costs.min()) / temperature
+    """Softmax of -cost/temperature over the finite costs, shifted by their minimum for stability; a non-finite
+    cost gets weight 0, so one model output of NaN cannot poison the average. [K] -> [K]; all NaN when no cost is
+    finite (there is nothing to average, and a NaN plan is refused downstream rather than a made-up one flown)."""
+    finite = np.isfinite(costs)
+    if not finite.any():
+        return np.full(costs.shape, np.nan)
+    z = np.full(costs.shape, -np.inf)
+    z[finite] = -(costs[finite] - costs[finite].min()) / temperature
     w = np.exp(z)
     return w / w.sum()
+
+
+def nonfinite_to_inf(costs: np.ndarray, traj: np.ndarray) -> int:
+    """In place: `costs` [K] becomes +inf for every sample whose trajectory `traj` [K,H+1,S] or cost is not
+    finite (a model that returns NaN for some inputs). Returns how many samples that was."""
+    bad = ~(np.isfinite(costs) & np.isfinite(traj).all(axis=(1, 2)))
+    costs[bad] = np.inf
+    return int(bad.sum())
 
 
 class MppiPlanner:
@@ -163,6 +188,7 @@ class MppiPlanner:
         np.clip(self._samples, self._low, self._high, out=self._samples)
         self.rollout(state.astype(np.float32, copy=False), self._samples)
         costs = trajectory_cost(self.task, self._traj, self._samples, reference)  # [K]
+        nonfinite = nonfinite_to_inf(costs, self._traj)
         w = mppi_weights(costs, self.config.temperature)
         actions = np.tensordot(w, self._samples, axes=1).astype(np.float32)  # [H,A]
         best = int(np.argmin(costs))
@@ -173,4 +199,6 @@ class MppiPlanner:
             imagined=self._traj[best].copy(),
             best_cost=float(costs[best]),
             disagreement=float(self._spread[best].max()),
+            nonfinite_samples=nonfinite,
+            samples=self.config.samples,
         )
