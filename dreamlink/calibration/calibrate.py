@@ -207,6 +207,17 @@ def _retry_keeping_float(src: Path, models_dir: Path, train: TransitionSet, hold
     return None
 
 
+def log_damage(sets: Sequence[TransitionSet]) -> list[dict[str, Any]]:
+    """The `.tlog` sources in `sets` that were read past damage: file, damaged record offsets, truncation."""
+    out = []
+    for ts in sets:
+        for meta in ts.meta.get("sources", [ts.meta]):
+            if meta.get("format") == "tlog" and (meta.get("bad_offsets") or meta.get("truncated_at") is not None):
+                out.append({"source": meta["source"], "bad_offsets": list(meta["bad_offsets"]),
+                            "truncated_at": meta["truncated_at"]})
+    return out
+
+
 def reference_path(models_dir: Path) -> Path:
     return models_dir / "world_model_fp32.onnx"
 
@@ -219,8 +230,12 @@ def calibrate(
     holdout_paths: Sequence[str | os.PathLike[str]] = (),
     profile_kind: str = "ardupilot",
     stage: Callable[[str, int, int], None] | None = None,
+    on_log_error: str = "raise",
 ) -> CalibrationResult:
-    """Run stages 1-5 (see the module docstring); `stage(name, done, total)` reports progress."""
+    """Run stages 1-5 (see the module docstring); `stage(name, done, total)` reports progress.
+
+    `on_log_error` is what a damaged `.tlog` record does: "raise" (an error naming the file and byte), "stop"
+    (use the log up to it) or "skip" (read on past it); what was lost is in the result's `data.log_damage`."""
     def tick(name: str, done: int, total: int) -> None:
         if stage is not None:
             stage(name, done, total)
@@ -230,8 +245,8 @@ def calibrate(
     models.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_path)
     spec = bundle.spec
-    data = load_transitions(data_paths, spec, profile_kind)
-    held = load_transitions(holdout_paths, spec, profile_kind) if holdout_paths else None
+    data = load_transitions(data_paths, spec, profile_kind, on_error=on_log_error)
+    held = load_transitions(holdout_paths, spec, profile_kind, on_error=on_log_error) if holdout_paths else None
     train, holdout = split_data(data, held, config.holdout_fraction, config.seed)
     tick("data", 1, 1)
 
@@ -315,7 +330,8 @@ def calibrate(
     result = CalibrationResult(
         bundle=str(bundle.root), out_dir=out,
         data={"train": len(train), "holdout": len(holdout), "sources": [str(p) for p in data_paths],
-              "holdout_episodes": holdout.n_episodes},
+              "holdout_episodes": holdout.n_episodes, "on_log_error": on_log_error,
+              "log_damage": log_damage([data] + ([held] if held is not None else []))},
         files=files, accuracy=acc, verdicts=verdicts, horizon=horizon, chosen=chosen, refused=refused,
         disagreement_threshold=threshold, fp16=fp16, budget=budget, planner=planner, speedup=speed,
         quantization=quantization, tolerance_used=config.tolerance, points=points, sweep_config=sweep_cfg,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+ON_LOG_ERROR = ("raise", "stop", "skip")  # as `dreamlink train --on-log-error`
+ON_LOG_ERROR_HELP = ".tlog: at a damaged record stop with an error, use the part before it, or skip it"
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -48,6 +50,7 @@ def add_calibration_commands(sub: argparse._SubParsersAction) -> None:  # type: 
     q.add_argument("--per-channel", action="store_true")
     q.add_argument("--keep-float", nargs="*", default=[], help="MatMul node names to leave in fp32")
     q.add_argument("--autopilot", default="ardupilot", choices=("ardupilot", "px4"), help="profile for .tlog data")
+    q.add_argument("--on-log-error", default="raise", choices=ON_LOG_ERROR, help=ON_LOG_ERROR_HELP)
     q.add_argument("--out", required=True, help="world model .onnx to write")
     q.set_defaults(func=cmd_quantize)
 
@@ -59,6 +62,7 @@ def add_calibration_commands(sub: argparse._SubParsersAction) -> None:  # type: 
     c.add_argument("--out", default=None, help="folder for the calibrated bundle and report "
                                               "(default: <bundle>-calibrated beside the bundle)")
     c.add_argument("--autopilot", default="ardupilot", choices=("ardupilot", "px4"), help="profile for .tlog data")
+    c.add_argument("--on-log-error", default="raise", choices=ON_LOG_ERROR, help=ON_LOG_ERROR_HELP)
     c.add_argument("--precisions", nargs="+", default=["fp32", "fp16", "int8_dynamic", "int8_static"])
     c.add_argument("--methods", nargs="+", default=["minmax", "entropy", "percentile"])
     c.add_argument("--per-channel", action="store_true")
@@ -95,7 +99,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             if not args.data:
                 print("dreamlink quantize: int8_static needs --data (flight logs or SITL transitions)", file=sys.stderr)
                 return EXIT_REFUSED
-            data = load_transitions(args.data, bundle.spec, args.autopilot)
+            data = load_transitions(args.data, bundle.spec, args.autopilot, on_error=args.on_log_error)
             print(f"calibration data: {len(data)} transitions in {data.n_episodes} episodes")
 
             def factory() -> TransitionReader:
@@ -103,7 +107,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
         out = quantize_world_model(bundle.path_of("world_model"), args.out, config, factory)
     except (BundleError, ValueError, OSError) as e:
-        print(f"dreamlink quantize: {e}", file=sys.stderr)
+        print(f"dreamlink quantize: {_with_log_hint(e)}", file=sys.stderr)
         return EXIT_REFUSED
     print(f"wrote {out} ({config.name})")
     return EXIT_OK
@@ -130,11 +134,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     fly = FlySettings(args.fly_seeds, args.fly_planner, args.laps, args.fly_tolerance, args.fly_noise,
                       args.fly_workers) if args.fly_seeds > 0 else None
     try:
-        result = calibrate_and_fly(bundle, args.data, out, config, args.holdout, args.autopilot, fly)
+        result = calibrate_and_fly(bundle, args.data, out, config, args.holdout, args.autopilot, fly,
+                                   args.on_log_error)
     except (BundleError, ValueError, OSError) as e:
-        print(f"dreamlink calibrate: {e}", file=sys.stderr)
+        print(f"dreamlink calibrate: {_with_log_hint(e)}", file=sys.stderr)
         return EXIT_REFUSED
     return EXIT_OK if result.budget and result.budget["fits"] else EXIT_FAILED
+
+
+def _with_log_hint(e: Exception) -> str:
+    """The error, and for a damaged .tlog the command-line way past it (the reader's own message names its API)."""
+    from dreamlink.firmware_bridge.tlog import TlogError
+
+    if isinstance(e, TlogError):
+        return (f"{e.path}: {e.reason} at byte {e.offset} (after {e.report.records_read} readable records); "
+                f"--on-log-error stop uses the log up to it, --on-log-error skip reads on past it")
+    return str(e)
 
 
 @dataclass(frozen=True)
@@ -151,7 +166,7 @@ class FlySettings:
 
 def calibrate_and_fly(bundle: Path, data: Sequence[str | os.PathLike[str]], out: Path, config: Any,
                       holdout: Sequence[str | os.PathLike[str]] = (), flavour: str = "ardupilot",
-                      fly: FlySettings | None = None) -> Any:
+                      fly: FlySettings | None = None, on_log_error: str = "raise") -> Any:
     """`calibrate` with progress bars, then (with `fly`) the closed loop and its gate, the report and a summary
     on stdout; the CalibrationResult. One path for `dreamlink calibrate` and `make calibrate-quad`."""
     from dreamlink.calibration.calibrate import apply_closed_loop_gate, calibrate
@@ -170,7 +185,7 @@ def calibrate_and_fly(bundle: Path, data: Sequence[str | os.PathLike[str]], out:
             bar.close()
 
     try:
-        result = calibrate(bundle, data, out, config, holdout, flavour, stage)
+        result = calibrate(bundle, data, out, config, holdout, flavour, stage, on_log_error)
     finally:
         for bar in bars.values():
             bar.close()

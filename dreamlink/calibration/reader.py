@@ -70,8 +70,8 @@ def load_transitions(paths: Sequence[str | os.PathLike[str]], spec: VehicleSpec,
                      tlog_config: TlogDataConfig | None = None, on_error: str = "raise") -> TransitionSet:
     """One `TransitionSet` from `.tlog` logs and `.npz` transition sets (episodes kept apart per file).
 
-    `on_error` goes to the .tlog reader: "raise" (a damaged log is an error naming the offset) or "stop"
-    (keep the readable part before the damage)."""
+    `on_error` goes to the .tlog reader: "raise" (a damaged log is an error naming the file and offset), "stop"
+    (keep the readable part before the damage) or "skip" (skip damaged records and read on)."""
     if not paths:
         raise ValueError("load_transitions: no calibration data given (.tlog logs or .npz transition sets)")
     sets: list[TransitionSet] = []
