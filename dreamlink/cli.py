@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from dreamlink.learning import ACTIVATIONS
-from dreamlink.spec import SPECS
+from dreamlink.spec import SPECS, SpecError, load_vehicle
+
+VEHICLE_HELP = "a shipped vehicle (cartpole, quad) or a vehicle file (NAME.toml)"
 
 
 def _vehicle(name: str) -> Any:
-    if name not in SPECS:
-        raise argparse.ArgumentTypeError(f"unknown vehicle {name!r}; known: {', '.join(sorted(SPECS))}")
-    return SPECS[name]
+    try:
+        return load_vehicle(name)
+    except SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -37,11 +40,21 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_sitl(args: argparse.Namespace) -> int:
-    from dreamlink.sim.motor_board import main as sitl_main
+    from dreamlink.sim.__main__ import main as sitl_main
 
-    argv = ["--out", args.out, "--seed", str(args.seed)] + (["--lockstep"] if args.lockstep else [])
+    argv = [args.vehicle, "--out", args.out, "--seed", str(args.seed)] + (["--lockstep"] if args.lockstep else [])
+    what = args.vehicle
+    if args.vehicle == "gym":
+        if not args.vehicle_file:
+            raise ValueError("sitl gym: --vehicle FILE is required (a vehicle file: state, action, [link]; its "
+                             "[sim] gym_env or --env names the environment)")
+        argv += ["--vehicle", args.vehicle_file] + (["--env", args.env] if args.env else [])
+        what = f"gym {args.env or load_vehicle(args.vehicle_file).sim.gym_env}"  # type: ignore[union-attr]
+    elif args.vehicle == "quad":
+        argv += ["--flavour", args.autopilot]
+        what = f"quad ({args.autopilot} flavour)"
     mode = "lockstep" if args.lockstep else "real time"
-    print(f"SITL {args.vehicle} ({mode}, seed {args.seed}) sending MAVLink to {args.out}; Ctrl-C stops it", flush=True)
+    print(f"SITL {what} ({mode}, seed {args.seed}) sending MAVLink to {args.out}; Ctrl-C stops it", flush=True)
     return sitl_main(argv)
 
 
@@ -54,7 +67,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return _collect_live(args)
     from dreamlink.demo import collect_with_progress
 
-    data = collect_with_progress(args.vehicle, args.transitions, args.seed, args.connect)
+    data = collect_with_progress(args.vehicle, args.transitions, args.seed, args.connect, args.vehicle_arg,
+                                 args.episode_steps)
     path = data.save(args.out)
     print(f"wrote {len(data)} transitions to {path}")
     return 0
@@ -111,12 +125,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from dreamlink.demo import export_bundle, load_user_module
+    from dreamlink.spec import with_vehicle_file
 
+    args.vehicle_given = args.vehicle is not None
+    args.vehicle = args.vehicle or SPECS["cartpole"]
     if args.checkpoint:
         from dreamlink.learning.train import load_checkpoint
 
         model = load_checkpoint(args.checkpoint)
         spec = model.spec
+        if args.vehicle_given:  # the file may have changed since training: its task, planner and link win
+            spec = with_vehicle_file(spec, args.vehicle)
+            model.spec = spec
     else:
         spec = args.vehicle
         model = load_user_module(args.module, args.state_dict)
@@ -244,19 +264,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quad: the world model's hidden activation (default: dreamlink's); bundles get a suffix")
     d.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP")
-    s.add_argument("vehicle", choices=["cartpole"])
+    s = sub.add_parser("sitl", help="run a SITL vehicle process speaking MAVLink over UDP: the cart-pole board, the "
+                                    "quadrotor (ArduPilot or PX4 flavour) or any Gymnasium environment behind a board")
+    s.add_argument("vehicle", choices=["cartpole", "quad", "gym"])
     s.add_argument("--out", default="udp:127.0.0.1:14550", help="where to send MAVLink (the runtime listens there)")
     s.add_argument("--lockstep", action="store_true", help="advance one control period per actuator command")
     s.add_argument("--seed", type=_positive_int, default=0)
+    s.add_argument("--vehicle", dest="vehicle_file", default="", metavar="FILE",
+                   help="gym: the vehicle file (state, action, [link]; [sim] gym_env)")
+    s.add_argument("--env", default="", metavar="ID", help="gym: the Gymnasium environment id (default: the file's)")
+    s.add_argument("--autopilot", choices=["ardupilot", "px4"], default="ardupilot", help="quad: which autopilot "
+                                                                                          "the SITL behaves like")
     s.set_defaults(func=cmd_sitl)
 
     c = sub.add_parser("collect", help="collect transitions: cartpole from a lockstep SITL (started for you); quad "
                                        "from any live ArduPilot or PX4 autopilot, in real time (an excitation flight)")
-    c.add_argument("vehicle", type=_vehicle)
-    c.add_argument("--out", required=True, help="cartpole: transitions file (.npz); quad: a folder for the flight "
-                                                "log (flight.tlog) and its transitions (transitions.npz)")
-    c.add_argument("--transitions", type=_positive_int, default=20000, help="cartpole: how many")
+    c.add_argument("vehicle", help=VEHICLE_HELP)
+    c.add_argument("--out", required=True, help="a board (cartpole, a vehicle file): transitions file (.npz); quad: "
+                                                "a folder for the flight log (flight.tlog) and its transitions")
+    c.add_argument("--transitions", type=_positive_int, default=20000, help="board: how many")
+    c.add_argument("--episode-steps", type=_positive_int, default=200, help="board: steps per SITL episode")
     c.add_argument("--seed", type=_positive_int, default=0)
     c.add_argument("--connect", default=None, help="cartpole: an already running lockstep SITL instead; quad: where "
                                                    "the autopilot's MAVLink arrives (udpin:0.0.0.0:14550, tcp:..., "
@@ -296,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", help="a checkpoint written by `dreamlink train`")
     src.add_argument("--module", help="your own model: FILE.py:NAME, NAME an nn.Module instance or a factory")
     e.add_argument("--state-dict", help="weights for --module (torch.save of a state_dict)")
-    e.add_argument("--vehicle", type=_vehicle, default=SPECS["cartpole"], help="vehicle spec for --module")
+    e.add_argument("--vehicle", type=_vehicle, default=None,
+                   help=f"{VEHICLE_HELP}: the spec for --module (default cartpole); with --checkpoint, its task, "
+                        f"planner and link replace the ones the checkpoint was trained with")
     e.add_argument("--data", help="held-out transitions (.npz) for the k-step error curve")
     e.add_argument("--horizon", type=_positive_int, default=0, help="planner horizon to record (0: recommended)")
-    e.add_argument("--samples", type=_positive_int, default=128)
+    e.add_argument("--samples", type=_positive_int, default=0,
+                   help="planner samples to record (0: the vehicle file's, else 256)")
     e.add_argument("--out", required=True, help="bundle folder to create")
     e.set_defaults(func=cmd_export)
 
@@ -367,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "command", "") == "collect":  # the SITL needs the file, the commands the spec
+        args.vehicle_arg = args.vehicle
+        try:
+            args.vehicle = load_vehicle(args.vehicle)
+        except SpecError as exc:
+            parser.error(f"argument vehicle: {exc}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

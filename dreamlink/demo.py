@@ -20,7 +20,6 @@ from dreamlink.spec import VehicleSpec
 
 # Planner settings the demo records in the bundle; chosen so one tick fits well inside
 # 20 ms on one core of a small x86 or a Pi 5 class CPU (measured by the demo's report).
-DEMO_SAMPLES = 128
 HORIZON_MIN, HORIZON_MAX = 10, 30
 KSTEP_MAX = 50
 KSTEP_TOLERANCE = 0.05  # normalised RMSE (error / data std); see calibration.kstep
@@ -32,21 +31,34 @@ def _bar(total: int, desc: str, unit: str) -> Any:
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
-def collect_with_progress(spec: VehicleSpec, transitions: int, seed: int, connect: str | None = None) -> Any:
-    from dreamlink.campaign.collect import CollectConfig, collect_cartpole
+def collect_with_progress(spec: VehicleSpec, transitions: int, seed: int, connect: str | None = None,
+                          vehicle_file: str = "", episode_steps: int = 200) -> Any:
+    """Transitions from a lockstep board SITL (started here unless `connect` names a running one): the cart-pole,
+    or the Gymnasium environment of a vehicle file's [sim]."""
+    from dreamlink.campaign.collect import CollectConfig, collect_board, collect_cartpole
     from dreamlink.firmware_bridge.link import Link, LinkConfig
-    from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
+    from dreamlink.firmware_bridge.profiles import make_profile
     from dreamlink.sim.launcher import SitlProcess
 
     def run(connect_string: str) -> Any:
         with Link(LinkConfig(connect=connect_string)) as link, _bar(transitions, "collect", "tr") as bar:
-            profile = MotorBoardProfile(link, spec)
+            profile = make_profile(spec, link)
             profile.connect(timeout_s=10.0)
-            return collect_cartpole(profile, spec, CollectConfig(transitions=transitions, seed=seed), bar.update)
+            config = CollectConfig(transitions=transitions, seed=seed, max_episode_steps=episode_steps)
+            if spec.name == "cartpole":
+                return collect_cartpole(profile, spec, config, bar.update)
+            return collect_board(profile, spec, config, (1.0 if spec.sim and spec.sim.explore_low else 0.0, 0.0),
+                                 progress=bar.update)
 
     if connect:
         return run(connect)
-    with SitlProcess(vehicle=spec.name, lockstep=True, seed=seed) as sitl:
+    if spec.name == "cartpole":
+        with SitlProcess(vehicle="cartpole", lockstep=True, seed=seed) as sitl:
+            return run(sitl.connect_string)
+    if spec.sim is None or not vehicle_file:
+        raise ValueError(f"collect {spec.name}: its vehicle file has no [sim] table naming a Gymnasium environment; "
+                         f"start your board or SITL and give --connect")
+    with SitlProcess(vehicle="gym", lockstep=True, seed=seed, extra_args=("--vehicle", vehicle_file)) as sitl:
         return run(sitl.connect_string)
 
 
@@ -106,7 +118,7 @@ def export_bundle(
     data_path: str | None = None,
     holdout: Any = None,
     horizon: int = 0,
-    samples: int = DEMO_SAMPLES,
+    samples: int = 0,
     training: dict[str, Any] | None = None,
     planner: dict[str, Any] | None = None,
     tolerance: float = 0.0,
@@ -122,8 +134,9 @@ def export_bundle(
     from dreamlink.calibration.kstep import kstep_curve, recommend_horizon
     from dreamlink.export.pack import pack_bundle
     from dreamlink.learning.transitions import TransitionSet
-    from dreamlink.runtime.mppi import MppiConfig
+    from dreamlink.runtime.planner_defaults import derived_planner
     from dreamlink.runtime.session import ModelSession
+    from dreamlink.runtime.tasks import default_task
 
     bundle, parity = pack_bundle(out, spec, model, training=training or {})
     verdict = "PASS" if parity.ok else "FAIL"
@@ -153,18 +166,18 @@ def export_bundle(
             print(f"k-step error: {', '.join(task_tolerances)} within {max(task_tolerances.values()):g} up to "
                   f"H={horizon} ({err:.3f} at H); planning with {horizon} (normalised recommendation {recommended})")
         else:
-            horizon = horizon or (planner or {}).get("horizon") or int(np.clip(recommended, HORIZON_MIN, HORIZON_MAX))
+            horizon = (horizon or (planner or {}).get("horizon") or spec.planner_settings().get("horizon")
+                       or int(np.clip(recommended, HORIZON_MIN, HORIZON_MAX)))
             print(
                 f"k-step error: recommended horizon {recommended} (normalised RMSE < {tolerance}); "
                 f"planning with {horizon}"
             )
-    defaults = MppiConfig()
-    calibration["planner"] = planner or {
-        "samples": samples,
-        "horizon": horizon or defaults.horizon,
-        "noise_sigma": defaults.noise_sigma,
-        "temperature": defaults.temperature,
-    }
+    if not planner:  # the vehicle file's settings, the rest derived from it (runtime.planner_defaults)
+        derived = derived_planner(spec, default_task(spec), horizon)
+        planner = {"samples": samples or derived.samples, "horizon": derived.horizon,
+                   "noise_sigma": derived.noise_sigma, "temperature": round(derived.temperature, 6),
+                   "noise_smoothing": derived.noise_smoothing}
+    calibration["planner"] = planner
     bundle = update_manifest(bundle, calibration=calibration)
     print(f"wrote bundle {bundle.root}")
     return bundle, curve
@@ -187,6 +200,9 @@ def print_flight_report(result: Any) -> None:
         ("fallbacks", json.dumps(s.fallbacks) if s.fallbacks else "0"),
         ("stale-state ticks", f"{s.stale_ticks}"),
         ("shield clipped / non-finite", f"{s.shield_clipped} / {s.shield_nonfinite}"),
+        ("shield changed the action", f"{s.shield_changed_ticks} of {s.ticks} ticks "
+                                      f"({100 * s.shield_changed_ticks / max(s.ticks, 1):.1f} %)"),
+        ("non-finite samples left out", f"{s.nonfinite_samples_total} in {s.ticks_with_nonfinite} ticks"),
         ("start to first command", f"{result.start_to_first_command_s:.2f} s"),
         ("link rx bad frames", f"{result.link.get('rx_bad', '?')}"),
         ("flight log", f"{result.out_dir}"),

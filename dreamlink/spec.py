@@ -225,9 +225,9 @@ class QuadraticTask:
     def to_dict(self, spec: VehicleSpec) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": self.name,
-            "target": dict(zip(spec.state_names, self.target)),
-            "state_weight": dict(zip(spec.state_names, self.state_weight)),
-            "action_weight": dict(zip(spec.action_names, self.action_weight)),
+            "target": dict(zip(spec.state_names, self.target, strict=True)),
+            "state_weight": dict(zip(spec.state_names, self.state_weight, strict=True)),
+            "action_weight": dict(zip(spec.action_names, self.action_weight, strict=True)),
             "terminal_weight": self.terminal_weight,
             "walls": {spec.state_names[i]: limit for i, limit in self.walls},
             "wall_penalty": self.wall_penalty,
@@ -305,7 +305,7 @@ def read_reference_csv(path: Path, spec: VehicleSpec, where: str) -> tuple[tuple
             raise SpecError(f"{where}: {path} line {line}: expected {len(header)} values with t_s rising")
         last_t = values[0]
         x = [math.nan] * spec.state_dim
-        for name, v in zip(header[1:], values[1:]):
+        for name, v in zip(header[1:], values[1:], strict=True):
             x[spec.state_index(name)] = v
         out.append((values[0], *x))
     if len(out) < 2:
@@ -343,8 +343,8 @@ class Source:
         index = int(m["index"]) if m["index"] is not None else (default_index if msg == "DEBUG_FLOAT_ARRAY" else -1)
         if msg == "DEBUG_FLOAT_ARRAY" and not 0 <= index < 58:
             raise SpecError(f"{where}: DEBUG_FLOAT_ARRAY holds data[0..57]; give the element, e.g. {msg}:{key}[0]")
-        if msg == "NAMED_VALUE_FLOAT" and len(key) > 10:
-            raise SpecError(f"{where}: NAMED_VALUE_FLOAT names are at most 10 characters, got {key!r}")
+        if msg in ("DEBUG_FLOAT_ARRAY", "NAMED_VALUE_FLOAT") and len(key) > 10:
+            raise SpecError(f"{where}: {msg} names are at most 10 characters (MAVLink char[10]), got {key!r}")
         return Source(msg, key, index)
 
 
@@ -540,7 +540,7 @@ def vehicle_from_table(raw: dict[str, Any], where: str, base_dir: Path) -> Vehic
         raise SpecError(f"{where}: unknown key {unknown[0]!r}; a vehicle file has {', '.join(sorted(known))}")
     per_component = []
     state = []
-    for i, c in enumerate(raw.get("state", []) if isinstance(raw.get("state"), list) else []):
+    for c in raw.get("state", []) if isinstance(raw.get("state"), list) else []:
         if isinstance(c, dict):
             c = dict(c)
             per_component.append(c.pop("from", None))
@@ -555,6 +555,19 @@ def vehicle_from_table(raw: dict[str, Any], where: str, base_dir: Path) -> Vehic
         planner=_planner_settings(raw.get("planner", {}), f"{where} [planner]"),
         sim=SimSpec.from_dict(raw["sim"], base, f"{where} [sim]") if "sim" in raw else None,
     )
+
+
+def with_vehicle_file(trained: VehicleSpec, file: VehicleSpec) -> VehicleSpec:
+    """`trained`'s vectors with `file`'s task, planner, link and sim: a vehicle file edited after training (a new
+    task, other planner settings) applies to the model, as long as the state and action are the same."""
+    same = (trained.state == file.state and trained.action == file.action
+            and trained.control_period_s == file.control_period_s)
+    if not same:
+        raise SpecError(f"vehicle file {file.name!r} describes other state/action vectors or control period than "
+                        f"the model was trained with ({trained.state_names} -> {trained.action_names} every "
+                        f"{trained.control_period_s} s); retrain, or fix the file")
+    return VehicleSpec(trained.name, trained.state, trained.action, trained.control_period_s, file.link, file.task,
+                       file.planner, file.sim)
 
 
 # The shipped vehicles. Gymnasium's CartPole envelope: the episode ends past 2.4 m or 12 degrees; the

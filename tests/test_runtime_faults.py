@@ -63,7 +63,7 @@ def test_a_model_that_outputs_nan_falls_back_and_sends_only_safe_commands(tmp_pa
     with SitlProcess("cartpole", lockstep=True, seed=1) as sitl:
         result = fly(RunConfig(bundle=bundle, connect=sitl.connect_string, lockstep=True, ticks=40,
                                out_dir=tmp_path / "f", planner=PLANNER))
-    assert result.stats.fallbacks == {"nonfinite_plan": 40}
+    assert result.stats.fallbacks == {"all_samples_nonfinite": 40}
     actions = assert_every_command_safe(tmp_path / "f")
     np.testing.assert_array_equal(actions, 0.0)  # no usable plan ever: the hold action, every tick
     assert sum(e["event"] == "fallback" for e in events(tmp_path / "f")) == 40

@@ -16,7 +16,7 @@ import numpy as np
 
 from dreamlink.campaign.excitation import ExcitationConfig, VelocityExcitation
 from dreamlink.firmware_bridge.autopilot import AutopilotProfile
-from dreamlink.firmware_bridge.motor_board import MotorBoardProfile
+from dreamlink.firmware_bridge.motor_board import BoardProfile, MotorBoardProfile
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.sim.cartpole_physics import CartpoleParams, step
 from dreamlink.spec import CARTPOLE, VehicleSpec
@@ -78,6 +78,25 @@ def collect_cartpole(
     Needs a lockstep SITL (resets are a SITL-only command). `progress(n_new)` is called per
     transition for a progress bar.
     """
+    i_pos, i_ang = spec.state_index("cart_pos_m"), spec.state_index("pole_angle_rad")
+    return collect_board(profile, spec, config, (config.reset_max_angle_rad, config.reset_max_pos_m),
+                         lambda x: abs(x[i_ang]) > config.stop_angle_rad or abs(x[i_pos]) > config.stop_pos_m,
+                         progress)
+
+
+def collect_board(
+    profile: BoardProfile,
+    spec: VehicleSpec,
+    config: CollectConfig,
+    reset_params: tuple[float, float] = (1.0, 0.0),
+    stop: Callable[[np.ndarray], bool] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TransitionSet:
+    """Episodes of exploratory actions from SITL resets (`reset_params`: MAV_CMD_USER_1's param2/param3; a
+    Gymnasium board's (1, 0) starts each in the vehicle file's explore box) until `config.transitions` are
+    gathered; an episode ends after `config.max_episode_steps` or where `stop(state)` says.
+
+    Needs a lockstep SITL: one command is one step, so a transition is exactly one control period."""
     rng = np.random.default_rng(config.seed)
     explore = Exploration(spec, rng)
     S, A, N = spec.state_dim, spec.action_dim, config.transitions
@@ -85,15 +104,10 @@ def collect_cartpole(
     actions = np.empty((N, A), np.float32)
     nexts = np.empty((N, S), np.float32)
     episode = np.empty(N, np.int64)
-    i_pos, i_ang = spec.state_index("cart_pos_m"), spec.state_index("pole_angle_rad")
     n, ep = 0, 0
     profile.arm()
     while n < N:
-        profile.request_sim_reset(
-            seed=int(rng.integers(2**24)),  # COMMAND_LONG params are float32
-            max_angle_rad=config.reset_max_angle_rad,
-            max_pos_m=config.reset_max_pos_m,
-        )
+        profile.request_sim_reset(int(rng.integers(2**24)), *reset_params)  # COMMAND_LONG params are float32
         t_s, x, _ = profile.state()
         explore.new_episode()
         for _ in range(config.max_episode_steps):
@@ -109,7 +123,7 @@ def collect_cartpole(
             if progress:
                 progress(1)
             t_s, x = t_next, x_next
-            if abs(x[i_ang]) > config.stop_angle_rad or abs(x[i_pos]) > config.stop_pos_m:
+            if stop is not None and stop(x):
                 break
         ep += 1
     profile.release()

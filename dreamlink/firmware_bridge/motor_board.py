@@ -198,7 +198,7 @@ class BoardProfile:
         command = self.board.command
         if command == "NAMED_VALUE_FLOAT":
             ms = int(time.monotonic() * 1e3) & 0xFFFFFFFF
-            for name, value in zip(self.board.command_names, action):
+            for name, value in zip(self.board.command_names, action, strict=True):
                 self.link.mav.named_value_float_send(ms, name.encode(), float(value))
             return
         unit = self.normalise(action)

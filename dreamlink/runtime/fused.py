@@ -24,6 +24,7 @@ import numpy as np
 
 from dreamlink.bundle import Bundle, BundleError
 from dreamlink.runtime.mppi import MppiConfig, Plan, seed_with_prior, smooth_noise
+from dreamlink.runtime.planner_defaults import bundle_planner
 from dreamlink.runtime.session import SessionConfig, make_session
 from dreamlink.runtime.tasks import QuadraticTask
 from dreamlink.spec import VehicleSpec
@@ -142,7 +143,7 @@ class FusedPlanner:
             raise BundleError(f"{bundle.root}: no 'planner' file; pack one with dreamlink.export.planner_graph")
         calib = bundle.manifest.calibration
         if config is None:
-            config = MppiConfig.from_calibration(calib.get("planner", {}))
+            config = bundle_planner(bundle.spec, task, calib.get("planner", {}))
         if session is None:
             session = SessionConfig.from_calibration(calib.get("session", {}))
         return cls(bundle.path_of("planner"), bundle.spec, task, config, rng, session)

@@ -12,6 +12,7 @@ import numpy as np
 
 from dreamlink.bundle import Bundle
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner, shift_plan
+from dreamlink.runtime.planner_defaults import bundle_planner
 from dreamlink.runtime.session import ModelSession, SessionConfig
 from dreamlink.runtime.tasks import default_task
 
@@ -27,8 +28,9 @@ class HealthResult:
 
 
 def planner_config_for(bundle: Bundle) -> MppiConfig:
-    """The planner settings the bundle was calibrated for (manifest `calibration.planner`), else defaults."""
-    return MppiConfig.from_calibration(bundle.manifest.calibration.get("planner", {}))
+    """The planner settings the bundle was calibrated for (manifest `calibration.planner`) over those its vehicle
+    file fixes or implies (`planner_defaults`)."""
+    return bundle_planner(bundle.spec, default_task(bundle.spec), bundle.manifest.calibration.get("planner", {}))
 
 
 def run_health_check(

@@ -85,6 +85,7 @@ class LoopCounters:
     shield_fenced: int = 0
     nonfinite_samples_total: int = 0  # samples left out of the weights because the model's future was not finite
     ticks_with_nonfinite: int = 0
+    shield_changed_ticks: int = 0  # ticks whose sent action differs from the one asked for (clip, NaN, fence, slew)
     fallbacks: dict[str, int] = field(default_factory=dict)
 
 
@@ -110,6 +111,7 @@ class LoopStats:
     fallbacks: dict[str, int]
     nonfinite_samples_total: int = 0
     ticks_with_nonfinite: int = 0
+    shield_changed_ticks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -240,6 +242,8 @@ class ControlLoop:
         self.counters.shield_clipped += safe.clipped
         self.counters.shield_nonfinite += safe.nonfinite
         self.counters.shield_fenced += safe.fenced
+        if safe.clipped or safe.nonfinite or safe.fenced:
+            self.counters.shield_changed_ticks += 1
         if self.recorder and (safe.nonfinite or safe.fenced):
             self.recorder.event("shield", now_s, nonfinite=safe.nonfinite, fenced=safe.fenced)
         self._last_sent = safe.action
@@ -385,4 +389,5 @@ class ControlLoop:
             fallbacks=dict(c.fallbacks),
             nonfinite_samples_total=c.nonfinite_samples_total,
             ticks_with_nonfinite=c.ticks_with_nonfinite,
+            shield_changed_ticks=c.shield_changed_ticks,
         )

@@ -29,7 +29,7 @@ from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
 from dreamlink.runtime.mission import DriftEstimator, Figure8, reference_window, shift_for_drift
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
-from dreamlink.runtime.policy import PolicySession
+from dreamlink.runtime.policy import PolicyPlanner, PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
 from dreamlink.runtime.session import ModelSession, SessionConfig
 from dreamlink.runtime.shield import Geofence, ShieldLimits
@@ -119,14 +119,25 @@ def fly(
         )
     if not config.lockstep:  # in lockstep the simulator waits for the planner: no wall-clock budget
         check_rate(bundle.manifest, rate_hz)
-    planner_cfg = config.planner or planner_config_for(bundle)
     rng = np.random.default_rng(config.seed)
     planner: Any
-    if bundle.has("planner"):
+    policy = PolicySession.from_bundle(bundle, config.session) if config.use_policy else None
+    if not bundle.has("world_model"):
+        # A policy alone: it is the controller, through the same loop, shield and recorder; no prior, no
+        # policy fallback (it is what failed), nothing imagined.
+        only = PolicySession.from_bundle(bundle, config.session)
+        if only is None:
+            raise BundleError(f"{config.bundle}: holds neither a world model nor a policy; nothing to fly")
+        target = default_task(spec).target if spec.task is not None or spec.name in ("cartpole", "quad") \
+            else np.zeros(spec.state_dim)
+        planner = PolicyPlanner(only, spec, np.asarray(target, np.float32))
+        planner_cfg, policy = planner.config, None
+    elif bundle.has("planner"):
         # The bundle carries a fused planner graph: one session.run a tick (same MPPI, tested equal).
         planner = FusedPlanner.from_bundle(bundle, default_task(spec), rng, config.planner)
         planner_cfg = planner.config
     else:
+        planner_cfg = config.planner or planner_config_for(bundle)
         session = ModelSession(bundle.path_of("world_model"), spec, config.session)
         planner = MppiPlanner(session, spec, default_task(spec), planner_cfg, rng)
     planner.plan(np.zeros(spec.state_dim, np.float32), planner.initial_plan(), 0.0)  # warm the session up
@@ -174,7 +185,7 @@ def fly(
             estop=estop.triggered,
             # An autopilot has failsafe modes of its own (RTL/LAND); a motor board's is motor off.
             failsafe=getattr(profile, "failsafe", profile.release),
-            policy=PolicySession.from_bundle(bundle, config.session) if config.use_policy else None,
+            policy=policy,
         )
         recorder.event("armed", clock.now(), bundle=str(bundle.root), planner=planner_cfg.__dict__,
                        planner_kind=type(planner).__name__, **mission_info)

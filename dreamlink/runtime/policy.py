@@ -1,4 +1,4 @@
-"""The distilled policy onboard: the planner's first fallback and its sampling prior.
+"""A policy onboard: the planner's first fallback and its sampling prior, or, alone in a bundle, the controller.
 
 One ONNX Runtime session (`state [B,S]`, `target [B,S]` -> `action [B,A]`). Two uses a tick:
 - `act(state, target)`: one action when the plan failed, overran or was distrusted (the first
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,3 +89,32 @@ class PolicySession:
             targets[:n] = reference[self.lookahead_steps : self.lookahead_steps + n]
             targets[n:] = reference[last]
         return self._run(states, targets)
+
+
+class PolicyPlanner:
+    """A trained policy flown alone (a bundle with a policy and no world model): each tick the policy's action
+    toward the task's target (or the reference's first step) is a one-step plan, and goes through the same
+    loop, shield, fallbacks and recorder as a planned one. Nothing is imagined, so `imagined` is the current
+    state and then NaN."""
+
+    def __init__(self, policy: PolicySession, spec: VehicleSpec, target: np.ndarray) -> None:
+        from dreamlink.runtime.mppi import MppiConfig  # one planning step of one action: the recorder's horizon
+
+        self.policy, self.spec = policy, spec
+        self.target = np.asarray(target, np.float32)
+        self.config = MppiConfig(samples=2, horizon=1)
+        self._imagined = np.full((2, spec.state_dim), np.nan, np.float32)
+
+    def initial_plan(self) -> np.ndarray:
+        """The hold action (zeros clipped to the limits) [1,A]."""
+        return np.clip(np.zeros((1, self.spec.action_dim), np.float32), self.spec.action_low, self.spec.action_high)
+
+    def plan(self, state: np.ndarray, warm: np.ndarray, t_s: float, reference: np.ndarray | None = None,
+             prior: np.ndarray | None = None) -> Any:
+        from dreamlink.runtime.mppi import Plan
+
+        action = self.policy.act(state, self.policy.target_at(reference, self.target))
+        imagined = self._imagined.copy()
+        imagined[0] = state
+        return Plan(actions=np.asarray(action, np.float32)[None].copy(), made_at_s=t_s, from_state=state.copy(),
+                    imagined=imagined, best_cost=float("nan"), disagreement=0.0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from dreamlink.spec import CARTPOLE_BALANCED_ANGLE_RAD, CARTPOLE_BALANCED_POS_M, QuadraticTask, VehicleSpec

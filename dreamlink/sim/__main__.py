@@ -18,7 +18,13 @@ def _quad(argv: list[str]) -> int:
     return main(argv)
 
 
-VEHICLES: dict[str, Callable[[list[str]], int]] = {"cartpole": _cartpole, "quad": _quad}
+def _gym(argv: list[str]) -> int:
+    from dreamlink.sim.motor_board import main
+
+    return main(["gym", *argv])
+
+
+VEHICLES: dict[str, Callable[[list[str]], int]] = {"cartpole": _cartpole, "quad": _quad, "gym": _gym}
 
 
 def main(argv: list[str]) -> int:

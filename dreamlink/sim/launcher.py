@@ -27,7 +27,7 @@ from dreamlink.sim.mavlink_udp import mavlink, new_parser
 
 log = logging.getLogger(__name__)
 
-VEHICLES = ("cartpole", "quad")
+VEHICLES = ("cartpole", "quad", "gym")
 
 
 class SitlError(RuntimeError):

@@ -79,18 +79,18 @@ from dreamlink.firmware_bridge.security import (
     load_signing_key,
     signing_timestamp,
 )
-from dreamlink.sim.cartpole_physics import CartpoleParams, random_state, step
+from dreamlink.sim.cartpole_physics import CartpoleParams
 from dreamlink.sim.mavlink_udp import admitted_frames, drain, mavlink, new_parser, stop_on_signals, udp_address
+from dreamlink.sim.plants import CartpolePlant, GymPlant, Plant
+from dreamlink.spec import SimSpec, SpecError, load_vehicle
 
 log = logging.getLogger(__name__)
 
 BOARD_SYSTEM_ID = 1
 BOARD_COMPONENT_ID = mavlink.MAV_COMP_ID_AUTOPILOT1
-TELEMETRY_NAME = "CARTPOLE"
 TELEMETRY_MSG_ID = mavlink.MAVLINK_MSG_ID_DEBUG_FLOAT_ARRAY
 CUSTOM_MODE_LOCKSTEP = 1
 MIN_STREAM_INTERVAL_US = 1000
-DEFAULT_RESET_ANGLE_RAD = 0.05
 HEARTBEAT_PERIOD_S = 1.0
 MAX_LAG_S = 0.25  # further behind the wall clock than this (process stalled): skip ahead, don't burst
 _DEBUG_ARRAY_LEN = 58
@@ -114,6 +114,8 @@ class BoardConfig:
     hold_until_armed: bool = True
     signing_key_file: str = ""  # "" = no signing (the path only: the key never sits in a config or its repr)
     physics: CartpoleParams = field(default_factory=CartpoleParams)
+    vehicle_file: str = ""  # "": the cart-pole; else a vehicle file whose [sim] names a Gymnasium environment
+    gym_env: str = ""  # overrides the vehicle file's [sim] gym_env
 
     def __post_init__(self) -> None:
         if not 0 < self.out_port < 65536:
@@ -179,12 +181,13 @@ class _Writer:
 class MotorBoard:
     """The board's behaviour, transport-free: feed it datagrams, call `advance()` on the clock.
 
-    `write(frame_bytes)` sends one packed frame. Not thread-safe: one loop owns it.
+    `write(frame_bytes)` sends one packed frame. Not thread-safe: one loop owns it. The dynamics are the
+    `plant`'s (the cart-pole unless given); the board keeps the wire, the clock, arming and the command hold.
     """
 
     def __init__(self, config: BoardConfig, write: Callable[[bytes], None],
                  counters: BoardCounters | None = None, signing_key: SigningKey | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, plant: Plant | None = None) -> None:
         self.config = config
         self.counters = counters if counters is not None else BoardCounters()
         self._write = write
@@ -202,13 +205,19 @@ class MotorBoard:
             self._mav.send = self._send_signed
         self._rng = np.random.default_rng(config.seed)
         self._noise_rng = np.random.default_rng([config.seed, 1])
-        self.state = random_state(self._rng, DEFAULT_RESET_ANGLE_RAD, 0.05)  # Gymnasium's start
+        self.plant: Plant = plant if plant is not None else CartpolePlant(config.physics, self._rng)
+        spec = self.plant.spec
+        self._mid = ((spec.action_high + spec.action_low) / 2).astype(np.float64)
+        self._half = ((spec.action_high - spec.action_low) / 2).astype(np.float64)
+        if plant is None:  # the cart-pole's force scale is its physics' (a --param may change it)
+            self._mid, self._half = np.zeros(1), np.array([config.physics.max_force_n])
+        self._state_dim, self._action_dim = spec.state_dim, spec.action_dim
         self.time_us = 0
         self.armed = False
         self._released = not config.hold_until_armed
         self.episode = 0  # resets since start: lets a client tell post-reset states from older ones
-        self.force_n = 0.0
-        self._command = 0.0  # normalised, held until replaced, zeroed on timeout/disarm
+        self.applied = np.zeros(self._action_dim)  # the action applied during the last period, its units
+        self._command = np.zeros(self._action_dim)  # normalised, held until replaced, zeroed on timeout/disarm
         self._last_command_us = 0
         self._timed_out = False
         self.stream_interval_us: int | None = config.period_us
@@ -217,21 +226,30 @@ class MotorBoard:
 
     # -- clock ---------------------------------------------------------------------------------
 
+    @property
+    def state(self) -> np.ndarray:
+        return self.plant.observe()
+
+    @property
+    def force_n(self) -> float:
+        """The cart-pole's applied force (the first action component)."""
+        return float(self.applied[0])
+
     def advance(self) -> None:
-        """Advance the physics by one control period with the force the board applies now."""
-        force_n = 0.0
+        """Advance the physics by one control period with the action the board applies now."""
+        applied = np.zeros(self._action_dim)
         if self.armed:
             lapse_us = self.time_us - self._last_command_us
             if not self.config.lockstep and lapse_us > self.config.command_timeout_s * 1e6:
                 if not self._timed_out:
                     self._timed_out = True
                     self.counters.command_timeouts += 1
-                    log.warning("no actuator target for %.3f s of board time: force set to 0", lapse_us / 1e6)
+                    log.warning("no actuator target for %.3f s of board time: action set to 0", lapse_us / 1e6)
             else:
-                force_n = self._command * self.config.physics.max_force_n
-        self.force_n = force_n
+                applied = self._command * self._half + self._mid
+        self.applied = applied
         if self._released:
-            self.state = step(self.state, force_n, self.config.period_us / 1e6, self.config.physics)
+            self.plant.step(applied, self.config.period_us / 1e6)
         self.time_us += self.config.period_us
         self.counters.steps += 1
 
@@ -247,15 +265,21 @@ class MotorBoard:
                                  status)
 
     def send_state(self) -> None:
+        """data[0:S] state, data[S:S+A] applied action, then armed, episode and the plant's extras."""
         data = self._telemetry
+        S, A = self._state_dim, self._action_dim
         noise = self.config.sensor_noise_std
-        offsets = self._noise_rng.normal(0.0, noise, 4) if noise > 0 else (0.0, 0.0, 0.0, 0.0)
-        for i in range(4):
-            data[i] = float(self.state[i] + offsets[i])
-        data[4] = self.force_n
-        data[5] = 1.0 if self.armed else 0.0
-        data[6] = float(self.episode)
-        self._mav.debug_float_array_send(self.time_us, TELEMETRY_NAME.encode(), 0, data)
+        state = self.plant.observe()
+        offsets = self._noise_rng.normal(0.0, noise, S) if noise > 0 else np.zeros(S)
+        for i in range(S):
+            data[i] = float(state[i] + offsets[i])
+        for i in range(A):
+            data[S + i] = float(self.applied[i])
+        data[S + A] = 1.0 if self.armed else 0.0
+        data[S + A + 1] = float(self.episode)
+        for i, v in enumerate(self.plant.extras()):
+            data[S + A + 2 + i] = float(v)
+        self._mav.debug_float_array_send(self.time_us, self.plant.telemetry_name.encode(), 0, data)
 
     def _send_signed(self, msg: Any, force_mavlink1: bool = False) -> None:
         # Signing timestamps must not fall behind the wall clock (a client that connects later
@@ -300,6 +324,9 @@ class MotorBoard:
         if msg_type == "SET_ACTUATOR_CONTROL_TARGET":
             if self._for_me(msg.target_system, msg.target_component):
                 self._on_actuator_target(msg)
+        elif msg_type == "MANUAL_CONTROL":
+            if msg.target in (0, BOARD_SYSTEM_ID):
+                self._on_normalised([msg.x / 1000.0, msg.y / 1000.0, msg.z / 1000.0, msg.r / 1000.0])
         elif msg_type == "COMMAND_LONG":
             if self._for_me(msg.target_system, msg.target_component):
                 result = self._on_command(msg.command, (msg.param1, msg.param2, msg.param3))
@@ -316,14 +343,19 @@ class MotorBoard:
         if msg.group_mlx != 0:
             self.counters.commands_ignored += 1
             return
-        value = float(msg.controls[0])
-        if math.isnan(value):
-            self.counters.commands_nan += 1
-            value = 0.0
-        elif not -1.0 <= value <= 1.0:
-            self.counters.commands_clipped += 1
-            value = min(1.0, max(-1.0, value))
-        self._command = value
+        self._on_normalised(msg.controls)
+
+    def _on_normalised(self, controls: Sequence[float]) -> None:
+        """The first A controls, each in [-1, 1] (NaN: 0, outside: clipped; both counted)."""
+        for i in range(self._action_dim):
+            value = float(controls[i])
+            if math.isnan(value):
+                self.counters.commands_nan += 1
+                value = 0.0
+            elif not -1.0 <= value <= 1.0:
+                self.counters.commands_clipped += 1
+                value = min(1.0, max(-1.0, value))
+            self._command[i] = value
         self._last_command_us = self.time_us
         if self._timed_out:
             self._timed_out = False
@@ -338,7 +370,7 @@ class MotorBoard:
                 return int(mavlink.MAV_RESULT_DENIED)
             self.armed = params[0] == 1.0
             self._released = self._released or self.armed
-            self._command, self.force_n = 0.0, 0.0
+            self._command[:], self.applied[:] = 0.0, 0.0
             self._last_command_us, self._timed_out = self.time_us, False
             log.info("%s at board time %.3f s", "armed" if self.armed else "disarmed", self.time_us / 1e6)
             return int(mavlink.MAV_RESULT_ACCEPTED)
@@ -359,20 +391,16 @@ class MotorBoard:
             self.stream_interval_us = max(MIN_STREAM_INTERVAL_US, round(interval_us))
         return int(mavlink.MAV_RESULT_ACCEPTED)
 
-    def _reset(self, seed: float, max_angle_rad: float, max_pos_m: float) -> int:
-        if math.isnan(max_angle_rad) or max_angle_rad == 0:
-            max_angle_rad = DEFAULT_RESET_ANGLE_RAD
-        if math.isnan(max_pos_m):
-            max_pos_m = 0.0
+    def _reset(self, seed: float, param2: float, param3: float) -> int:
         seed_ok = math.isnan(seed) or (math.isfinite(seed) and seed >= 0 and seed == int(seed))
-        if (not seed_ok or not 0 < max_angle_rad <= math.pi
-                or not 0 <= max_pos_m < self.config.physics.track_limit_m):
+        if not seed_ok:
             return int(mavlink.MAV_RESULT_DENIED)
-        if not math.isnan(seed):
-            self._rng = np.random.default_rng(int(seed))
-        self.state = random_state(self._rng, max_angle_rad, max_pos_m)
+        rng = np.random.default_rng(int(seed)) if not math.isnan(seed) else self._rng
+        if not self.plant.reset(rng, param2, param3):
+            return int(mavlink.MAV_RESULT_DENIED)
+        self._rng = rng
         self.episode += 1
-        self._command, self.force_n = 0.0, 0.0
+        self._command[:], self.applied[:] = 0.0, 0.0
         self._last_command_us, self._timed_out = self.time_us, False
         log.info("reset to %s at board time %.3f s", np.array2string(self.state, precision=4), self.time_us / 1e6)
         return int(mavlink.MAV_RESULT_ACCEPTED)
@@ -389,14 +417,28 @@ def run_board(config: BoardConfig, should_stop: Callable[[], bool], wake_socks: 
         sock.bind((bind_host, config.bind_port))
         sock.setblocking(False)
         counters = BoardCounters()
-        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters, key)
-        log.info("cart-pole motor board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d%s)", *sock.getsockname(),
+        plant = make_plant(config)
+        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters, key,
+                           plant=plant)
+        log.info("%s board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d%s)",
+                 plant.spec.name if plant is not None else "cart-pole motor", *sock.getsockname(),
                  *out_addr, "lockstep" if config.lockstep else "real time", config.rate_hz, config.seed,
                  f", signing with key {key.key_id}" if key is not None else "")
         _serve(board, sock, should_stop, wake_socks, clock)
         return board.counters
     finally:
         sock.close()
+
+
+def make_plant(config: BoardConfig) -> Plant | None:
+    """The plant a board config names: a Gymnasium environment from its vehicle file, else None (the cart-pole)."""
+    if not config.vehicle_file:
+        return None
+    spec = load_vehicle(config.vehicle_file)
+    if config.gym_env:
+        sim = spec.sim or SimSpec(config.gym_env)
+        spec = dataclasses.replace(spec, sim=dataclasses.replace(sim, gym_env=config.gym_env))
+    return GymPlant(spec, np.random.default_rng(config.seed))
 
 
 def _sendto(sock: socket.socket, frame: bytes, addr: tuple[str, int], counters: BoardCounters) -> None:
@@ -467,9 +509,13 @@ def _parse_param(text: str) -> tuple[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dreamlink.sim cartpole",
-                                description="Cart-pole motor board SITL speaking MAVLink 2 over UDP.")
-    p.add_argument("vehicle", nargs="?", default="cartpole", choices=["cartpole"])
+    p = argparse.ArgumentParser(prog="python -m dreamlink.sim cartpole|gym",
+                                description="A board SITL speaking MAVLink 2 over UDP: dreamlink's cart-pole, or "
+                                            "any continuous-action Gymnasium environment a vehicle file names.")
+    p.add_argument("vehicle", nargs="?", default="cartpole", choices=["cartpole", "gym"])
+    p.add_argument("--vehicle", dest="vehicle_file", default="", metavar="FILE",
+                   help="gym: the vehicle file ([sim] gym_env, [link] telemetry); its control period is the rate")
+    p.add_argument("--env", default="", metavar="ID", help="gym: the Gymnasium environment (default: the file's)")
     p.add_argument("--out", required=True, type=lambda s: udp_address(s, "--out"),
                    help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
     p.add_argument("--bind", type=lambda s: udp_address(s, "--bind"), default=None,
@@ -495,14 +541,20 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse already printed the usage error
         return int(exc.code or 0)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    rate_hz = args.rate_hz
     try:
+        if args.vehicle == "gym" or args.vehicle_file:
+            if not args.vehicle_file:
+                raise ValueError("gym: --vehicle FILE is required (a vehicle file whose [sim] names the environment)")
+            rate_hz = load_vehicle(args.vehicle_file).rate_hz
         config = BoardConfig(out_host=args.out[0], out_port=args.out[1], bind_host=args.bind[0] if args.bind else "",
                              bind_port=args.bind[1] if args.bind else 0, lockstep=args.lockstep, seed=args.seed,
-                             rate_hz=args.rate_hz, sensor_noise_std=args.sensor_noise_std,
+                             rate_hz=rate_hz, sensor_noise_std=args.sensor_noise_std, vehicle_file=args.vehicle_file,
+                             gym_env=args.env,
                              command_timeout_s=args.command_timeout_s,
                              hold_until_armed=not args.no_hold, signing_key_file=args.signing_key_file,
                              physics=CartpoleParams(**dict(args.param)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, SpecError) as exc:
         log.error("bad argument: %s", exc)
         return 2
     with stop_on_signals() as (stop, wake_r):
