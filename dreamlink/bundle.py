@@ -6,6 +6,13 @@ inputs/outputs against the contract of its role and the bundle's `VehicleSpec`.
 A bundle that fails any check raises `BundleError` naming the file and what was
 expected; nothing is half-loaded.
 
+External data: an ONNX file may keep its weights in side files (`model.onnx.data`, the `location` its
+tensors name; torch.onnx's exporter writes one by default). `write_bundle` carries every side file the
+model refers to next to it, the manifest records each one's sha256 under its file's `external_data`, and
+`load_bundle` refuses an ONNX file that refers to a side file the manifest does not hash. Such bundles
+are schema 2 (a dreamlink that reads only schema 1 would load the side files unchecked); bundles without
+side files stay schema 1, so older devices still read them.
+
 Signature: `sign_bundle` writes `signature.ed25519`, an Ed25519 signature (64 raw bytes) over the
 exact bytes of `manifest.json`. The manifest holds every file's sha256, so signing it covers the
 files; `load_bundle(path, public_key=...)` checks the signature over the manifest bytes *before*
@@ -23,17 +30,18 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dreamlink.spec import SpecError, VehicleSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest schema this dreamlink reads; 2 adds `external_data` to a file's entry
+SCHEMA_VERSIONS = (1, 2)
 FORMAT = "dreamlink-bundle"
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.ed25519"
@@ -46,6 +54,14 @@ class BundleError(Exception):
 
 
 @dataclass(frozen=True)
+class SideFile:
+    """An external-data file an ONNX file keeps tensors in; `path` is relative to the bundle root."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class BundleFile:
     """One file of a bundle, as the manifest records it."""
 
@@ -55,15 +71,19 @@ class BundleFile:
     precision: str = "fp32"
     opset: int = 0
     ensemble_size: int = 1
+    external_data: tuple[SideFile, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "sha256": self.sha256,
             "precision": self.precision,
             "opset": self.opset,
             "ensemble_size": self.ensemble_size,
         }
+        if self.external_data:
+            out["external_data"] = [{"path": x.path, "sha256": x.sha256} for x in self.external_data]
+        return out
 
 
 @dataclass(frozen=True)
@@ -102,8 +122,10 @@ class Bundle:
         return self.manifest.spec
 
     def path_of(self, role: str) -> Path:
+        """The role's ONNX file; a bundle may lack a role (a policy-only bundle has no world model): ask `has`."""
         if role not in self.manifest.files:
-            raise BundleError(f"{self.root}: bundle has no {role!r} file (has {sorted(self.manifest.files)})")
+            has = ", ".join(sorted(self.manifest.files))
+            raise BundleError(f"{self.root}: bundle has no {role!r} file (it has {has}); use a bundle with a {role}")
         return self.root / self.manifest.files[role].path
 
     def has(self, role: str) -> bool:
@@ -124,18 +146,19 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
     if data.get("format") != FORMAT:
         raise BundleError(f"{where}: field 'format' is {data.get('format')!r}, expected {FORMAT!r}")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMA_VERSIONS or isinstance(version, bool):
         raise BundleError(
-            f"{where}: schema_version {version!r} is not supported (this dreamlink reads {SCHEMA_VERSION}); "
-            "re-export the bundle with a matching dreamlink"
+            f"{where}: schema_version {version!r} is not supported (this dreamlink reads "
+            f"{', '.join(map(str, SCHEMA_VERSIONS))}); re-export the bundle with a matching dreamlink"
         )
     try:
         spec = VehicleSpec.from_dict(data.get("spec"), where=f"{where}: spec")
     except SpecError as e:
         raise BundleError(str(e)) from None
     files_raw = data.get("files")
-    if not isinstance(files_raw, dict) or "world_model" not in files_raw:
-        raise BundleError(f"{where}: field 'files' must be an object with at least a 'world_model' entry")
+    if not isinstance(files_raw, dict) or not {"world_model", "policy"} & set(files_raw):
+        raise BundleError(f"{where}: field 'files' must be an object with a 'world_model' or a 'policy' entry "
+                          "(or both)")
     files = {}
     for role, entry in files_raw.items():
         w = f"{where}: files.{role}"
@@ -143,19 +166,18 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
             raise BundleError(f"{w}: unknown role, expected one of {ROLES}")
         if not isinstance(entry, dict):
             raise BundleError(f"{w}: expected an object")
-        rel = entry.get("path")
-        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise BundleError(f"{w}.path: expected a relative path inside the bundle, got {rel!r}")
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or len(digest) != 64:
-            raise BundleError(f"{w}.sha256: expected 64 hex digits, got {digest!r}")
+        rel, digest = _parse_path_and_digest(entry, w)
         precision = entry.get("precision", "fp32")
         if precision not in PRECISIONS:
             raise BundleError(f"{w}.precision: expected one of {PRECISIONS}, got {precision!r}")
         opset, ens = entry.get("opset", 0), entry.get("ensemble_size", 1)
         if not isinstance(opset, int) or not isinstance(ens, int) or ens < 1:
             raise BundleError(f"{w}: opset and ensemble_size must be integers (ensemble_size >= 1)")
-        files[role] = BundleFile(role, rel, digest, precision, opset, ens)
+        side_raw = entry.get("external_data", [])
+        if not isinstance(side_raw, list) or not all(isinstance(x, dict) for x in side_raw):
+            raise BundleError(f"{w}.external_data: expected a list of {{path, sha256}} objects")
+        side = tuple(SideFile(*_parse_path_and_digest(x, f"{w}.external_data[{i}]")) for i, x in enumerate(side_raw))
+        files[role] = BundleFile(role, rel, digest, precision, opset, ens, side)
     for key in ("training", "calibration", "versions"):
         if not isinstance(data.get(key, {}), dict):
             raise BundleError(f"{where}: field {key!r} must be an object")
@@ -168,6 +190,16 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
         created_utc=str(data.get("created_utc", "")),
         schema_version=version,
     )
+
+
+def _parse_path_and_digest(entry: dict[str, Any], where: str) -> tuple[str, str]:
+    rel = entry.get("path")
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise BundleError(f"{where}.path: expected a relative path inside the bundle, got {rel!r}")
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise BundleError(f"{where}.sha256: expected 64 hex digits, got {digest!r}")
+    return rel, digest
 
 
 def _dim_ok(dim: Any, expected: int | None) -> bool:
@@ -191,16 +223,18 @@ def _check_io(where: str, kind: str, name: str, shape: list[Any], dtype: str, ex
         )
 
 
-def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size: int = 1) -> None:
+def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size: int = 1,
+                        where: str | None = None) -> None:
     """Open the ONNX file in ONNX Runtime and check its inputs/outputs against the role's contract.
 
     world_model: state [B,S], action [B,A] -> next_state [B,S] (or [E,B,S]); policy: state [B,S] (and optionally
-    target [B,S], the task's reference a few steps ahead) -> action [B,A].
+    target [B,S], the task's reference a few steps ahead) -> action [B,A]. Errors name `where` (default: the
+    file's name), so a copy being checked can be reported as the file the user gave.
     """
     import onnxruntime as ort  # deferred: manifest-only tools need not pay for it
 
     S, A = spec.state_dim, spec.action_dim
-    where = path.name
+    where = where or path.name
     # Loaded to be read, never run: no graph optimisation, no memory arena or pattern, one thread. That
     # makes the check cheap in time and in the memory an onboard process keeps after it.
     opts = ort.SessionOptions()
@@ -212,7 +246,8 @@ def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size:
     try:
         sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises several private exception types
-        raise BundleError(f"{where}: ONNX Runtime cannot load it ({e}); re-export the model") from None
+        said = " ".join(str(e).replace(str(path), where).split())
+        raise BundleError(f"{where}: ONNX Runtime cannot load it ({said}); re-export the model") from None
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = sess.get_outputs()
     if role == "world_model":
@@ -242,6 +277,126 @@ def check_onnx_contract(path: Path, role: str, spec: VehicleSpec, ensemble_size:
             f"{where}: missing output {out_name!r} {_fmt_shape(want_out)}; has {[o.name for o in outputs]}"
         )
     _check_io(where, "output", out_name, list(match[0].shape), match[0].type, want_out)
+
+
+# -- what an ONNX file is and refers to ------------------------------------------------------------------------
+#
+# Read from the protobuf wire format: onboard code carries onnxruntime, not the `onnx` package, and ONNX
+# Runtime does not say which side files a model needs. Only the messages on the way to a TensorProto are
+# walked (field numbers from onnx.proto); everything else is skipped by its length.
+
+_GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "function": {7: "node", 11: "attribute"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+}
+_TENSOR_EXTERNAL_DATA = 13  # repeated StringStringEntryProto (key 1, value 2); the key "location" names the file
+
+
+class _WireError(ValueError):
+    pass
+
+
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise _WireError("a truncated or overlong varint")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one message; length-delimited values as memoryviews."""
+    i, n = 0, len(buf)
+    while i < n:
+        key, i = _varint(buf, i)
+        number, wire = key >> 3, key & 7
+        value: Any = None
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            value, i = buf[i:i + size], i + size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise _WireError(f"wire type {wire} (not protobuf)")
+        if number == 0 or i > n:
+            raise _WireError("a field past the end of its message")
+        yield number, wire, value
+
+
+def _walk(buf: memoryview, kind: str, found: list[str]) -> set[int]:
+    """Append the external-data locations under a message of `kind`; returns the field numbers it has."""
+    seen = set()
+    for number, wire, value in _fields(buf):
+        seen.add(number)
+        if wire != 2:
+            continue
+        if kind == "tensor":
+            if number == _TENSOR_EXTERNAL_DATA:
+                entry = {k: bytes(v).decode("utf-8", "replace") for k, w, v in _fields(value) if w == 2}
+                if entry.get(1) == "location" and entry.get(2, "") not in found:
+                    found.append(entry.get(2, ""))
+        elif number in _CHILDREN[kind]:
+            _walk(value, _CHILDREN[kind][number], found)
+    return seen
+
+
+def _not_a_model(data: bytes) -> str:
+    """Why these bytes are plainly not an ONNX file (the mistakes people make), or ""."""
+    if not data:
+        return "is empty (0 bytes); export the model again, or copy the whole file"
+    if data.startswith(_GIT_LFS_POINTER):
+        return "is a Git LFS pointer, run git lfs pull (in its repository) to fetch the model itself"
+    if data.startswith(b"PK\x03\x04"):
+        return "is a zip archive (a torch.save checkpoint?), not ONNX; export the model with torch.onnx.export"
+    head = data[:4096]
+    # An ONNX file opens with a protobuf tag and lengths, control bytes that text does not have.
+    if not any((b < 0x20 and b not in b"\t\n\r") or b == 0x7F for b in head):
+        first = head.split(b"\n", 1)[0][:60].decode("utf-8", "replace").strip()
+        return f"is text, not ONNX (it begins {first!r}); give the binary .onnx file the exporter wrote"
+    return ""
+
+
+def onnx_side_files(path: Path, where: str | None = None) -> tuple[str, ...]:
+    """The external-data files an ONNX file refers to (tensor `location`s, relative to its folder).
+
+    Also the first look at a file someone calls a model: an empty file, a text file or a Git LFS pointer
+    is refused here, naming `where` (default: the path) and what to do, before ONNX Runtime would say
+    "Protobuf parsing failed".
+    """
+    where = where or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BundleError(f"{where}: cannot read it ({e.strerror or e})") from None
+    reason = _not_a_model(data)
+    if reason:
+        raise BundleError(f"{where} {reason}")
+    found: list[str] = []
+    try:
+        has_graph = 7 in _walk(memoryview(data), "model", found)
+    except _WireError as e:
+        raise BundleError(f"{where} is not an ONNX model (protobuf parsing failed: {e}); give the .onnx file "
+                          "the exporter wrote") from None
+    if not has_graph:
+        raise BundleError(f"{where} is not an ONNX model (it holds no graph); give the .onnx file the exporter wrote")
+    for loc in found:
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts:
+            raise BundleError(f"{where} refers to external data at {loc!r}, outside its folder; save the model "
+                              "with its external data beside it (onnx.save_model(..., location=NAME))")
+    return tuple(found)
 
 
 def _safe_extract(tar_path: Path, dest: Path) -> None:
@@ -297,15 +452,22 @@ def load_bundle(path: str | os.PathLike[str], check_models: bool = True,
         raise BundleError(f"{mpath}: not valid JSON ({e}); re-copy the bundle") from None
     manifest = _parse_manifest(data, str(mpath))
     for role, f in manifest.files.items():
-        fp = p / f.path
-        if not fp.is_file():
-            raise BundleError(f"{f.path}: listed in the manifest as {role} but missing from {p}; re-copy the bundle")
-        actual = sha256_of(fp)
-        if actual != f.sha256:
-            raise BundleError(
-                f"{f.path}: sha256 mismatch (manifest {f.sha256[:12]}…, file {actual[:12]}…); "
-                "re-export or re-copy the bundle"
-            )
+        listed = [(f.path, f.sha256, role)] + [(x.path, x.sha256, f"{role} external data") for x in f.external_data]
+        for rel, digest, what in listed:
+            fp = p / rel
+            if not fp.is_file():
+                raise BundleError(f"{rel}: listed in the manifest as {what} but missing from {p}; re-copy the bundle")
+            actual = sha256_of(fp)
+            if actual != digest:
+                raise BundleError(
+                    f"{rel}: sha256 mismatch (manifest {digest[:12]}…, file {actual[:12]}…); "
+                    "re-export or re-copy the bundle"
+                )
+        hashed = {x.path for x in f.external_data}
+        for loc in onnx_side_files(p / f.path, f.path):
+            if (PurePosixPath(f.path).parent / loc).as_posix() not in hashed:
+                raise BundleError(f"{f.path}: refers to external data {loc} which the manifest does not list (its "
+                                  "sha256 would go unchecked); bundle the model again with `dreamlink bundle`")
     if check_models:
         for role, f in manifest.files.items():
             check_onnx_contract(p / f.path, role, manifest.spec, f.ensemble_size)
@@ -324,7 +486,9 @@ def write_bundle(
     """Write a bundle folder: copy `files` ({role: (source path, {precision, opset, ensemble_size})}),
     hash them, write the manifest, verify the result, then move it into place.
 
-    The folder appears complete or not at all (built beside the target, renamed last).
+    A source's external-data side files (the `location`s its tensors name) are copied beside it under the
+    same names and hashed too. Errors name the source path as given, not the bundle's copy. The folder
+    appears complete or not at all (built beside the target, renamed last).
     """
     import shutil
 
@@ -338,10 +502,24 @@ def write_bundle(
     staging.mkdir()
     try:
         entries = {}
+        taken = {MANIFEST, SIGNATURE, *(f"{role}.onnx" for role in files)}
         for role, (src, meta) in files.items():
             if role not in ROLES:
                 raise BundleError(f"role {role!r} unknown, expected one of {ROLES}")
-            name = f"{role}.onnx"
+            src, name = Path(src), f"{role}.onnx"
+            where = str(src)
+            side = []
+            for loc in onnx_side_files(src, where):
+                if not (src.parent / loc).is_file():
+                    raise BundleError(f"{where} refers to external data {loc} which is not next to it; copy it along "
+                                      f"(into {src.parent}), or export with the weights inside the .onnx")
+                if loc in taken:
+                    raise BundleError(f"{where} refers to external data {loc}, a name another file of the bundle "
+                                      "has; bundle it with `dreamlink bundle` (which renames side files)")
+                taken.add(loc)
+                (staging / loc).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src.parent / loc, staging / loc)
+                side.append(SideFile(PurePosixPath(loc).as_posix(), sha256_of(staging / loc)))
             shutil.copyfile(src, staging / name)
             entries[role] = BundleFile(
                 role,
@@ -350,7 +528,9 @@ def write_bundle(
                 meta.get("precision", "fp32"),
                 int(meta.get("opset", 0)),
                 int(meta.get("ensemble_size", 1)),
+                tuple(side),
             )
+            check_onnx_contract(staging / name, role, spec, entries[role].ensemble_size, where=where)
         manifest = Manifest(
             spec=spec,
             files=entries,
@@ -358,9 +538,11 @@ def write_bundle(
             calibration=dict(calibration or {}),
             versions=dict(versions or {}),
             created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # the oldest schema that describes it, so that devices running an older dreamlink still read it
+            schema_version=2 if any(f.external_data for f in entries.values()) else 1,
         )
         (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
-        load_bundle(staging)  # refuse to ship what we could not load back
+        load_bundle(staging, check_models=False)  # refuse to ship what we could not load back (models checked above)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 _TRIAL_BATCH = 3  # odd and small, so a trial output's batch axis is not confused with E
 
 
-class ExportError(RuntimeError):
-    """A module cannot be exported under the contract, or its ONNX graph disagrees with torch."""
+class ExportError(ValueError):
+    """A module cannot be exported under the contract, or its ONNX graph disagrees with torch.
+
+    A ValueError: what the user gave does not fit, so the CLI says so in one line instead of a traceback.
+    """
 
 
 @dataclass(frozen=True)
@@ -109,28 +112,42 @@ def _check_float32(module: nn.Module) -> None:
             raise ExportError(f"parameter {name!r} is {p.dtype}; the contract is float32, call module.float() first")
 
 
+def _defined_in(module: nn.Module) -> str:
+    """`Name (file.py)`: where the module's forward is written, which is the file a user passed to --module."""
+    cls = type(module)
+    file = getattr(getattr(cls.forward, "__code__", None), "co_filename", "")
+    in_torch = Path(torch.__file__).parent in Path(file).parents  # nn.Sequential and friends: the name says it
+    return f"{cls.__name__} ({file})" if file and not in_torch else cls.__name__
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def _trial_world_model(module: nn.Module, spec: VehicleSpec) -> tuple[int, bool]:
     """Run the module once: (ensemble size E, whether the output has the member axis [E,B,S])."""
     S, A, B = spec.state_dim, spec.action_dim, _TRIAL_BATCH
     s, a = (torch.from_numpy(x) for x in random_inputs(spec, B, seed=0))
+    contract = (f"vehicle {spec.name!r} needs forward(state [B,{S}], action [B,{A}]) -> [B,{S}] or [E,B,{S}] "
+                f"(state {', '.join(spec.state_names)}; action {', '.join(spec.action_names)})")
     try:
         with torch.no_grad():
             out = module(s, a)
     except Exception as e:
         raise ExportError(
-            f"the module's forward failed on state [{B},{S}], action [{B},{A}] (spec {spec.name!r}): {e}; "
-            f"the world-model contract is forward(state [B,{S}], action [B,{A}]) -> [B,{S}] or [E,B,{S}]"
+            f"world model {_defined_in(module)}: forward failed on state [{B},{S}], action [{B},{A}] with "
+            f"{_one_line(e)}; {contract}; fix the module or give the vehicle it was written for"
         ) from e
     if not isinstance(out, torch.Tensor):
-        raise ExportError(f"the module returned {type(out).__name__}, expected one tensor [B,{S}] or [E,B,{S}]")
+        raise ExportError(f"world model {_defined_in(module)}: forward returned {type(out).__name__}, expected one "
+                          f"tensor; {contract}")
     shape = tuple(out.shape)
     if len(shape) == 2 and shape == (B, S):
         return 1, False
     if len(shape) == 3 and shape[1:] == (B, S):
         return int(shape[0]), True
-    raise ExportError(
-        f"the module returned shape {list(shape)} for batch {B}, expected [B,{S}] or [E,B,{S}] (spec {spec.name!r})"
-    )
+    raise ExportError(f"world model {_defined_in(module)}: forward returned shape {list(shape)} for batch {B}; "
+                      f"{contract}")
 
 
 def _metadata(spec: VehicleSpec, role: str, ensemble_size: int) -> dict[str, str]:
@@ -263,10 +280,12 @@ def export_policy(
             with torch.no_grad():
                 out = module(*args)
         except Exception as e:
-            raise ExportError(f"the policy's forward failed on state [{_TRIAL_BATCH},{S}]: {e}") from e
+            raise ExportError(f"policy {_defined_in(module)}: forward failed on state [{_TRIAL_BATCH},{S}] with "
+                              f"{_one_line(e)}; vehicle {spec.name!r} needs forward(state [B,{S}]) -> [B,{A}]") from e
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (_TRIAL_BATCH, A):
             got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ExportError(f"the policy returned {got} for batch {_TRIAL_BATCH}, expected [B,{A}]")
+            raise ExportError(f"policy {_defined_in(module)}: returned {got} for batch {_TRIAL_BATCH}; vehicle "
+                              f"{spec.name!r} needs forward(state [B,{S}]) -> [B,{A}]")
         return _export(
             _PolicyIO(module), tuple(a[:2] for a in args), Path(path), ["state", "target"][: len(args)], "action", 0,
             opset, dynamo,
