@@ -383,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dreamlink.calibration.cli_commands import add_calibration_commands
     from dreamlink.campaign.cli_commands import add_campaign_commands
     from dreamlink.deploy.cli_commands import add_deploy_commands
+    from dreamlink.export.cli_commands import add_export_commands
 
+    add_export_commands(sub)
     add_deploy_commands(sub)
     add_campaign_commands(sub)
     add_calibration_commands(sub)

@@ -101,9 +101,19 @@ def test_pack_refuses_a_module_that_does_not_fit_the_spec(tmp_path):
 
 
 def test_manifest_spec_edited_to_another_shape_is_refused(bundle_dir):
+    def edit(d: dict) -> None:
+        d["spec"]["state"].append({"name": "extra_m", "unit": "m", "low": -1, "high": 1})
+        d["spec"].pop("link", None)  # else the link's 4 sources for 5 components are refused first
+
+    _edit_manifest(bundle_dir, edit)
+    with pytest.raises(BundleError, match=r"world_model\.onnx: input 'state' has shape .*expected \[B,5\]"):
+        load_bundle(bundle_dir)
+
+
+def test_manifest_link_that_does_not_fit_the_spec_is_refused(bundle_dir):
     _edit_manifest(bundle_dir, lambda d: d["spec"]["state"].append({"name": "extra_m", "unit": "m", "low": -1,
                                                                      "high": 1}))
-    with pytest.raises(BundleError, match=r"world_model\.onnx: input 'state' has shape .*expected \[B,5\]"):
+    with pytest.raises(BundleError, match=r"spec\.link\.telemetry: expected 5 sources"):
         load_bundle(bundle_dir)
 
 
