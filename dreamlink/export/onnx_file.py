@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import external_data_helper
 from google.protobuf.message import DecodeError
 
 from dreamlink.bundle import (
@@ -208,8 +209,13 @@ def _stage(model: UserModel, folder: Path, inline: bool) -> Path:
                               "bundle it without --inline")
         onnx.save_model(proto, str(out))
     else:
-        onnx.save_model(proto, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{model.role}.onnx.data")
+        # Marked by hand, not with save_model(save_as_external_data=True): onnx checks that location against the
+        # current directory, and refuses when the user runs this beside a side file of that name.
+        location = f"{model.role}.onnx.data"
+        for tensor in external_data_helper._get_all_tensors(proto):
+            if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
+                external_data_helper.set_external_data(tensor, location)
+        onnx.save_model(proto, str(out))
     return out
 
 
