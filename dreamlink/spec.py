@@ -529,7 +529,10 @@ def load_vehicle(name_or_path: str | Path) -> VehicleSpec:
         raise SpecError(f"{path}: not a text file; a vehicle file is TOML") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
-    return vehicle_from_table(raw, str(path), path.parent)
+    try:
+        return vehicle_from_table(raw, str(path), path.parent)
+    except SpecError as exc:  # every refusal names the file
+        raise SpecError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 def vehicle_from_table(raw: dict[str, Any], where: str, base_dir: Path) -> VehicleSpec:

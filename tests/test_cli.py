@@ -12,7 +12,7 @@ import pytest
 from dreamlink.bundle import load_bundle
 from dreamlink.cli import main
 
-STEPS = ["demo", "sitl", "collect", "train", "export", "run", "deploy", "install-bundle", "doctor"]
+STEPS = ["demo", "sitl", "collect", "train", "export", "bundle", "run", "deploy", "install-bundle", "doctor"]
 
 
 @pytest.mark.parametrize("command", STEPS)
@@ -97,3 +97,40 @@ def test_the_pipeline_step_by_step_as_the_readme_shows(tmp_path):
         sitl.wait(timeout=10)
     summary = json.loads((tmp_path / "flight" / "summary.json").read_text())
     assert summary["stats"]["ticks"] == 50
+
+
+@pytest.mark.sitl
+@pytest.mark.parametrize("vehicle", [["quad", "--autopilot", "px4"],
+                                     ["gym", "--vehicle", "examples/pendulum/pendulum.toml"], ["cartpole"]])
+def test_every_sitl_the_help_offers_starts_and_speaks_mavlink(vehicle):
+    """`dreamlink sitl quad|gym|cartpole`: a heartbeat arrives on the port it was told, and SIGTERM ends it."""
+    import socket
+    from pathlib import Path
+
+    from dreamlink.sim.mavlink_udp import mavlink, new_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(20.0)
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "dreamlink.cli", "sitl", *vehicle, "--out",
+                                 f"udp:127.0.0.1:{port}"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            parser, heartbeat = new_parser(), None
+            while heartbeat is None:
+                data, _ = sock.recvfrom(65536)
+                heartbeat = next((m for m in parser.parse_buffer(data) or []
+                                  if m.get_msgId() == mavlink.MAVLINK_MSG_ID_HEARTBEAT), None)
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()[-1000:]
+    assert b"sending MAVLink to" in out
+
+
+def test_sitl_gym_without_a_vehicle_file_says_so_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "dreamlink.cli", "sitl", "gym"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "--vehicle FILE is required" in done.stderr

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
 from google.protobuf.message import DecodeError
+from onnx import external_data_helper
 
 from dreamlink.bundle import (
     Bundle,

@@ -70,6 +70,18 @@ def _board_time_s(msg: Any) -> float:
     return math.nan
 
 
+def _check_source(src: Any, component: str, vehicle: str) -> None:
+    """The message and field a vehicle file names exist in dreamlink's MAVLink dialect."""
+    msg_class = getattr(mavlink, f"MAVLink_{src.message.lower()}_message", None)
+    if msg_class is None:
+        known = sorted(k[len("MAVLINK_MSG_ID_"):] for k in dir(mavlink) if k.startswith("MAVLINK_MSG_ID_"))
+        raise ValueError(f"vehicle {vehicle!r}: {component} comes from {src.text()}, a message dreamlink does not "
+                         f"decode; known: {', '.join(known)}")
+    if src.message not in ("DEBUG_FLOAT_ARRAY", "NAMED_VALUE_FLOAT") and src.key not in msg_class.fieldnames:
+        raise ValueError(f"vehicle {vehicle!r}: {component} comes from {src.text()}, but {src.message} has no field "
+                         f"{src.key!r}; it has {', '.join(msg_class.fieldnames)}")
+
+
 class BoardProfile:
     """The runtime's view of a board: `state()` in, `send(action)` out, as the vehicle file's [link] says."""
 
@@ -95,6 +107,7 @@ class BoardProfile:
         # message type -> [(state index, source)]: one handler a message type
         self._routes: dict[str, list[tuple[int, Any]]] = {}
         for i, src in enumerate(self.board.telemetry):
+            _check_source(src, spec.state_names[i], spec.name)
             self._routes.setdefault(src.message, []).append((i, src))
         for message in self._routes:
             link.subscribe(message, self._on_telemetry)

@@ -1040,21 +1040,31 @@ MAVLINK_MSG_ID_PARAM_REQUEST_READ = 20
 MAVLINK_MSG_ID_PARAM_REQUEST_LIST = 21
 MAVLINK_MSG_ID_PARAM_VALUE = 22
 MAVLINK_MSG_ID_PARAM_SET = 23
+MAVLINK_MSG_ID_SCALED_IMU = 26
+MAVLINK_MSG_ID_RAW_IMU = 27
 MAVLINK_MSG_ID_ATTITUDE = 30
 MAVLINK_MSG_ID_LOCAL_POSITION_NED = 32
+MAVLINK_MSG_ID_GLOBAL_POSITION_INT = 33
+MAVLINK_MSG_ID_SERVO_OUTPUT_RAW = 36
+MAVLINK_MSG_ID_RC_CHANNELS = 65
 MAVLINK_MSG_ID_REQUEST_DATA_STREAM = 66
+MAVLINK_MSG_ID_MANUAL_CONTROL = 69
+MAVLINK_MSG_ID_VFR_HUD = 74
 MAVLINK_MSG_ID_COMMAND_INT = 75
 MAVLINK_MSG_ID_COMMAND_LONG = 76
 MAVLINK_MSG_ID_COMMAND_ACK = 77
 MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED = 84
 MAVLINK_MSG_ID_TIMESYNC = 111
 MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET = 139
+MAVLINK_MSG_ID_ACTUATOR_CONTROL_TARGET = 140
 MAVLINK_MSG_ID_AUTOPILOT_VERSION = 148
 MAVLINK_MSG_ID_EKF_STATUS_REPORT = 193
 MAVLINK_MSG_ID_ESTIMATOR_STATUS = 230
 MAVLINK_MSG_ID_EXTENDED_SYS_STATE = 245
+MAVLINK_MSG_ID_DEBUG_VECT = 250
 MAVLINK_MSG_ID_NAMED_VALUE_FLOAT = 251
 MAVLINK_MSG_ID_STATUSTEXT = 253
+MAVLINK_MSG_ID_DEBUG = 254
 MAVLINK_MSG_ID_SETUP_SIGNING = 256
 MAVLINK_MSG_ID_DEBUG_FLOAT_ARRAY = 350
 
@@ -1322,6 +1332,103 @@ class MAVLink_param_set_message(MAVLink_message):
 setattr(MAVLink_param_set_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_scaled_imu_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_SCALED_IMU
+    msgname = "SCALED_IMU"
+    fieldnames = ["time_boot_ms", "xacc", "yacc", "zacc", "xgyro", "ygyro", "zgyro", "xmag", "ymag", "zmag", "temperature"]
+    ordered_fieldnames = ["time_boot_ms", "xacc", "yacc", "zacc", "xgyro", "ygyro", "zgyro", "xmag", "ymag", "zmag", "temperature"]
+    fieldtypes = ["uint32_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "xacc": "mG", "yacc": "mG", "zacc": "mG", "xgyro": "mrad/s", "ygyro": "mrad/s", "zgyro": "mrad/s", "xmag": "mgauss", "ymag": "mgauss", "zmag": "mgauss", "temperature": "cdegC"}
+    native_format = bytearray(b"<Ihhhhhhhhhh")
+    orders = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 170
+    unpacker = struct.Struct("<Ihhhhhhhhhh")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, temperature: int = 0):
+        MAVLink_message.__init__(self, MAVLink_scaled_imu_message.id, MAVLink_scaled_imu_message.msgname)
+        self._fieldnames = MAVLink_scaled_imu_message.fieldnames
+        self._instance_field = MAVLink_scaled_imu_message.instance_field
+        self._instance_offset = MAVLink_scaled_imu_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.xacc = xacc
+        self.yacc = yacc
+        self.zacc = zacc
+        self.xgyro = xgyro
+        self.ygyro = ygyro
+        self.zgyro = zgyro
+        self.xmag = xmag
+        self.ymag = ymag
+        self.zmag = zmag
+        self.temperature = temperature
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.xacc, self.yacc, self.zacc, self.xgyro, self.ygyro, self.zgyro, self.xmag, self.ymag, self.zmag, self.temperature), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_scaled_imu_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_raw_imu_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_RAW_IMU
+    msgname = "RAW_IMU"
+    fieldnames = ["time_usec", "xacc", "yacc", "zacc", "xgyro", "ygyro", "zgyro", "xmag", "ymag", "zmag", "id", "temperature"]
+    ordered_fieldnames = ["time_usec", "xacc", "yacc", "zacc", "xgyro", "ygyro", "zgyro", "xmag", "ymag", "zmag", "id", "temperature"]
+    fieldtypes = ["uint64_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "uint8_t", "int16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_usec": "us", "xacc": "mG", "yacc": "mG", "zacc": "mG", "xgyro": "mrad/s", "ygyro": "mrad/s", "zgyro": "mrad/s", "xmag": "mgauss", "ymag": "mgauss", "zmag": "mgauss", "temperature": "cdegC"}
+    native_format = bytearray(b"<QhhhhhhhhhBh")
+    orders = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 144
+    unpacker = struct.Struct("<QhhhhhhhhhBh")
+    instance_field = "id"
+    instance_offset = 26
+
+    def __init__(self, time_usec: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, id: int = 0, temperature: int = 0):
+        MAVLink_message.__init__(self, MAVLink_raw_imu_message.id, MAVLink_raw_imu_message.msgname)
+        self._fieldnames = MAVLink_raw_imu_message.fieldnames
+        self._instance_field = MAVLink_raw_imu_message.instance_field
+        self._instance_offset = MAVLink_raw_imu_message.instance_offset
+        self.time_usec = time_usec
+        self.xacc = xacc
+        self.yacc = yacc
+        self.zacc = zacc
+        self.xgyro = xgyro
+        self.ygyro = ygyro
+        self.zgyro = zgyro
+        self.xmag = xmag
+        self.ymag = ymag
+        self.zmag = zmag
+        self.id = id
+        self.temperature = temperature
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_usec, self.xacc, self.yacc, self.zacc, self.xgyro, self.ygyro, self.zgyro, self.xmag, self.ymag, self.zmag, self.id, self.temperature), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_raw_imu_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_attitude_message(MAVLink_message):
     """
 
@@ -1410,6 +1517,165 @@ class MAVLink_local_position_ned_message(MAVLink_message):
 setattr(MAVLink_local_position_ned_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_global_position_int_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_GLOBAL_POSITION_INT
+    msgname = "GLOBAL_POSITION_INT"
+    fieldnames = ["time_boot_ms", "lat", "lon", "alt", "relative_alt", "vx", "vy", "vz", "hdg"]
+    ordered_fieldnames = ["time_boot_ms", "lat", "lon", "alt", "relative_alt", "vx", "vy", "vz", "hdg"]
+    fieldtypes = ["uint32_t", "int32_t", "int32_t", "int32_t", "int32_t", "int16_t", "int16_t", "int16_t", "uint16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "lat": "degE7", "lon": "degE7", "alt": "mm", "relative_alt": "mm", "vx": "cm/s", "vy": "cm/s", "vz": "cm/s", "hdg": "cdeg"}
+    native_format = bytearray(b"<IiiiihhhH")
+    orders = [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 104
+    unpacker = struct.Struct("<IiiiihhhH")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int):
+        MAVLink_message.__init__(self, MAVLink_global_position_int_message.id, MAVLink_global_position_int_message.msgname)
+        self._fieldnames = MAVLink_global_position_int_message.fieldnames
+        self._instance_field = MAVLink_global_position_int_message.instance_field
+        self._instance_offset = MAVLink_global_position_int_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.lat = lat
+        self.lon = lon
+        self.alt = alt
+        self.relative_alt = relative_alt
+        self.vx = vx
+        self.vy = vy
+        self.vz = vz
+        self.hdg = hdg
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.lat, self.lon, self.alt, self.relative_alt, self.vx, self.vy, self.vz, self.hdg), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_global_position_int_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_servo_output_raw_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_SERVO_OUTPUT_RAW
+    msgname = "SERVO_OUTPUT_RAW"
+    fieldnames = ["time_usec", "port", "servo1_raw", "servo2_raw", "servo3_raw", "servo4_raw", "servo5_raw", "servo6_raw", "servo7_raw", "servo8_raw", "servo9_raw", "servo10_raw", "servo11_raw", "servo12_raw", "servo13_raw", "servo14_raw", "servo15_raw", "servo16_raw"]
+    ordered_fieldnames = ["time_usec", "servo1_raw", "servo2_raw", "servo3_raw", "servo4_raw", "servo5_raw", "servo6_raw", "servo7_raw", "servo8_raw", "port", "servo9_raw", "servo10_raw", "servo11_raw", "servo12_raw", "servo13_raw", "servo14_raw", "servo15_raw", "servo16_raw"]
+    fieldtypes = ["uint32_t", "uint8_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_usec": "us", "servo1_raw": "us", "servo2_raw": "us", "servo3_raw": "us", "servo4_raw": "us", "servo5_raw": "us", "servo6_raw": "us", "servo7_raw": "us", "servo8_raw": "us", "servo9_raw": "us", "servo10_raw": "us", "servo11_raw": "us", "servo12_raw": "us", "servo13_raw": "us", "servo14_raw": "us", "servo15_raw": "us", "servo16_raw": "us"}
+    native_format = bytearray(b"<IHHHHHHHHBHHHHHHHH")
+    orders = [0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 222
+    unpacker = struct.Struct("<IHHHHHHHHBHHHHHHHH")
+    instance_field = "port"
+    instance_offset = 20
+
+    def __init__(self, time_usec: int, port: int, servo1_raw: int, servo2_raw: int, servo3_raw: int, servo4_raw: int, servo5_raw: int, servo6_raw: int, servo7_raw: int, servo8_raw: int, servo9_raw: int = 0, servo10_raw: int = 0, servo11_raw: int = 0, servo12_raw: int = 0, servo13_raw: int = 0, servo14_raw: int = 0, servo15_raw: int = 0, servo16_raw: int = 0):
+        MAVLink_message.__init__(self, MAVLink_servo_output_raw_message.id, MAVLink_servo_output_raw_message.msgname)
+        self._fieldnames = MAVLink_servo_output_raw_message.fieldnames
+        self._instance_field = MAVLink_servo_output_raw_message.instance_field
+        self._instance_offset = MAVLink_servo_output_raw_message.instance_offset
+        self.time_usec = time_usec
+        self.port = port
+        self.servo1_raw = servo1_raw
+        self.servo2_raw = servo2_raw
+        self.servo3_raw = servo3_raw
+        self.servo4_raw = servo4_raw
+        self.servo5_raw = servo5_raw
+        self.servo6_raw = servo6_raw
+        self.servo7_raw = servo7_raw
+        self.servo8_raw = servo8_raw
+        self.servo9_raw = servo9_raw
+        self.servo10_raw = servo10_raw
+        self.servo11_raw = servo11_raw
+        self.servo12_raw = servo12_raw
+        self.servo13_raw = servo13_raw
+        self.servo14_raw = servo14_raw
+        self.servo15_raw = servo15_raw
+        self.servo16_raw = servo16_raw
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_usec, self.servo1_raw, self.servo2_raw, self.servo3_raw, self.servo4_raw, self.servo5_raw, self.servo6_raw, self.servo7_raw, self.servo8_raw, self.port, self.servo9_raw, self.servo10_raw, self.servo11_raw, self.servo12_raw, self.servo13_raw, self.servo14_raw, self.servo15_raw, self.servo16_raw), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_servo_output_raw_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_rc_channels_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_RC_CHANNELS
+    msgname = "RC_CHANNELS"
+    fieldnames = ["time_boot_ms", "chancount", "chan1_raw", "chan2_raw", "chan3_raw", "chan4_raw", "chan5_raw", "chan6_raw", "chan7_raw", "chan8_raw", "chan9_raw", "chan10_raw", "chan11_raw", "chan12_raw", "chan13_raw", "chan14_raw", "chan15_raw", "chan16_raw", "chan17_raw", "chan18_raw", "rssi"]
+    ordered_fieldnames = ["time_boot_ms", "chan1_raw", "chan2_raw", "chan3_raw", "chan4_raw", "chan5_raw", "chan6_raw", "chan7_raw", "chan8_raw", "chan9_raw", "chan10_raw", "chan11_raw", "chan12_raw", "chan13_raw", "chan14_raw", "chan15_raw", "chan16_raw", "chan17_raw", "chan18_raw", "chancount", "rssi"]
+    fieldtypes = ["uint32_t", "uint8_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint16_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "chan1_raw": "us", "chan2_raw": "us", "chan3_raw": "us", "chan4_raw": "us", "chan5_raw": "us", "chan6_raw": "us", "chan7_raw": "us", "chan8_raw": "us", "chan9_raw": "us", "chan10_raw": "us", "chan11_raw": "us", "chan12_raw": "us", "chan13_raw": "us", "chan14_raw": "us", "chan15_raw": "us", "chan16_raw": "us", "chan17_raw": "us", "chan18_raw": "us"}
+    native_format = bytearray(b"<IHHHHHHHHHHHHHHHHHHBB")
+    orders = [0, 19, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 20]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 118
+    unpacker = struct.Struct("<IHHHHHHHHHHHHHHHHHHBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, chancount: int, chan1_raw: int, chan2_raw: int, chan3_raw: int, chan4_raw: int, chan5_raw: int, chan6_raw: int, chan7_raw: int, chan8_raw: int, chan9_raw: int, chan10_raw: int, chan11_raw: int, chan12_raw: int, chan13_raw: int, chan14_raw: int, chan15_raw: int, chan16_raw: int, chan17_raw: int, chan18_raw: int, rssi: int):
+        MAVLink_message.__init__(self, MAVLink_rc_channels_message.id, MAVLink_rc_channels_message.msgname)
+        self._fieldnames = MAVLink_rc_channels_message.fieldnames
+        self._instance_field = MAVLink_rc_channels_message.instance_field
+        self._instance_offset = MAVLink_rc_channels_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.chancount = chancount
+        self.chan1_raw = chan1_raw
+        self.chan2_raw = chan2_raw
+        self.chan3_raw = chan3_raw
+        self.chan4_raw = chan4_raw
+        self.chan5_raw = chan5_raw
+        self.chan6_raw = chan6_raw
+        self.chan7_raw = chan7_raw
+        self.chan8_raw = chan8_raw
+        self.chan9_raw = chan9_raw
+        self.chan10_raw = chan10_raw
+        self.chan11_raw = chan11_raw
+        self.chan12_raw = chan12_raw
+        self.chan13_raw = chan13_raw
+        self.chan14_raw = chan14_raw
+        self.chan15_raw = chan15_raw
+        self.chan16_raw = chan16_raw
+        self.chan17_raw = chan17_raw
+        self.chan18_raw = chan18_raw
+        self.rssi = rssi
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.chan1_raw, self.chan2_raw, self.chan3_raw, self.chan4_raw, self.chan5_raw, self.chan6_raw, self.chan7_raw, self.chan8_raw, self.chan9_raw, self.chan10_raw, self.chan11_raw, self.chan12_raw, self.chan13_raw, self.chan14_raw, self.chan15_raw, self.chan16_raw, self.chan17_raw, self.chan18_raw, self.chancount, self.rssi), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_rc_channels_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_request_data_stream_message(MAVLink_message):
     """
 
@@ -1450,6 +1716,102 @@ class MAVLink_request_data_stream_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_request_data_stream_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_manual_control_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MANUAL_CONTROL
+    msgname = "MANUAL_CONTROL"
+    fieldnames = ["target", "x", "y", "z", "r", "buttons", "buttons2", "enabled_extensions", "s", "t", "aux1", "aux2", "aux3", "aux4", "aux5", "aux6"]
+    ordered_fieldnames = ["x", "y", "z", "r", "buttons", "target", "buttons2", "enabled_extensions", "s", "t", "aux1", "aux2", "aux3", "aux4", "aux5", "aux6"]
+    fieldtypes = ["uint8_t", "int16_t", "int16_t", "int16_t", "int16_t", "uint16_t", "uint16_t", "uint8_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t", "int16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<hhhhHBHBhhhhhhhh")
+    orders = [5, 0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 243
+    unpacker = struct.Struct("<hhhhHBHBhhhhhhhh")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target: int, x: int, y: int, z: int, r: int, buttons: int, buttons2: int = 0, enabled_extensions: int = 0, s: int = 0, t: int = 0, aux1: int = 0, aux2: int = 0, aux3: int = 0, aux4: int = 0, aux5: int = 0, aux6: int = 0):
+        MAVLink_message.__init__(self, MAVLink_manual_control_message.id, MAVLink_manual_control_message.msgname)
+        self._fieldnames = MAVLink_manual_control_message.fieldnames
+        self._instance_field = MAVLink_manual_control_message.instance_field
+        self._instance_offset = MAVLink_manual_control_message.instance_offset
+        self.target = target
+        self.x = x
+        self.y = y
+        self.z = z
+        self.r = r
+        self.buttons = buttons
+        self.buttons2 = buttons2
+        self.enabled_extensions = enabled_extensions
+        self.s = s
+        self.t = t
+        self.aux1 = aux1
+        self.aux2 = aux2
+        self.aux3 = aux3
+        self.aux4 = aux4
+        self.aux5 = aux5
+        self.aux6 = aux6
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.x, self.y, self.z, self.r, self.buttons, self.target, self.buttons2, self.enabled_extensions, self.s, self.t, self.aux1, self.aux2, self.aux3, self.aux4, self.aux5, self.aux6), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_manual_control_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_vfr_hud_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_VFR_HUD
+    msgname = "VFR_HUD"
+    fieldnames = ["airspeed", "groundspeed", "heading", "throttle", "alt", "climb"]
+    ordered_fieldnames = ["airspeed", "groundspeed", "alt", "climb", "heading", "throttle"]
+    fieldtypes = ["float", "float", "int16_t", "uint16_t", "float", "float"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"airspeed": "m/s", "groundspeed": "m/s", "heading": "deg", "throttle": "%", "alt": "m", "climb": "m/s"}
+    native_format = bytearray(b"<ffffhH")
+    orders = [0, 1, 4, 5, 2, 3]
+    lengths = [1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0]
+    crc_extra = 20
+    unpacker = struct.Struct("<ffffhH")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, airspeed: float, groundspeed: float, heading: int, throttle: int, alt: float, climb: float):
+        MAVLink_message.__init__(self, MAVLink_vfr_hud_message.id, MAVLink_vfr_hud_message.msgname)
+        self._fieldnames = MAVLink_vfr_hud_message.fieldnames
+        self._instance_field = MAVLink_vfr_hud_message.instance_field
+        self._instance_offset = MAVLink_vfr_hud_message.instance_offset
+        self.airspeed = airspeed
+        self.groundspeed = groundspeed
+        self.heading = heading
+        self.throttle = throttle
+        self.alt = alt
+        self.climb = climb
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.airspeed, self.groundspeed, self.alt, self.climb, self.heading, self.throttle), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_vfr_hud_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_command_int_message(MAVLink_message):
@@ -1727,6 +2089,46 @@ class MAVLink_set_actuator_control_target_message(MAVLink_message):
 setattr(MAVLink_set_actuator_control_target_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_actuator_control_target_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_ACTUATOR_CONTROL_TARGET
+    msgname = "ACTUATOR_CONTROL_TARGET"
+    fieldnames = ["time_usec", "group_mlx", "controls"]
+    ordered_fieldnames = ["time_usec", "controls", "group_mlx"]
+    fieldtypes = ["uint64_t", "uint8_t", "float"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_usec": "us"}
+    native_format = bytearray(b"<QfB")
+    orders = [0, 2, 1]
+    lengths = [1, 8, 1]
+    array_lengths = [0, 8, 0]
+    crc_extra = 181
+    unpacker = struct.Struct("<Q8fB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_usec: int, group_mlx: int, controls: Sequence[float]):
+        MAVLink_message.__init__(self, MAVLink_actuator_control_target_message.id, MAVLink_actuator_control_target_message.msgname)
+        self._fieldnames = MAVLink_actuator_control_target_message.fieldnames
+        self._instance_field = MAVLink_actuator_control_target_message.instance_field
+        self._instance_offset = MAVLink_actuator_control_target_message.instance_offset
+        self.time_usec = time_usec
+        self.group_mlx = group_mlx
+        self.controls = controls
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_usec, self.controls[0], self.controls[1], self.controls[2], self.controls[3], self.controls[4], self.controls[5], self.controls[6], self.controls[7], self.group_mlx), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_actuator_control_target_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_autopilot_version_message(MAVLink_message):
     """
 
@@ -1906,6 +2308,49 @@ class MAVLink_extended_sys_state_message(MAVLink_message):
 setattr(MAVLink_extended_sys_state_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_debug_vect_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_DEBUG_VECT
+    msgname = "DEBUG_VECT"
+    fieldnames = ["name", "time_usec", "x", "y", "z"]
+    ordered_fieldnames = ["time_usec", "x", "y", "z", "name"]
+    fieldtypes = ["char", "uint64_t", "float", "float", "float"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_usec": "us"}
+    native_format = bytearray(b"<Qfffc")
+    orders = [4, 0, 1, 2, 3]
+    lengths = [1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 10]
+    crc_extra = 49
+    unpacker = struct.Struct("<Qfff10s")
+    instance_field = "name"
+    instance_offset = 20
+
+    def __init__(self, name: bytes, time_usec: int, x: float, y: float, z: float):
+        MAVLink_message.__init__(self, MAVLink_debug_vect_message.id, MAVLink_debug_vect_message.msgname)
+        self._fieldnames = MAVLink_debug_vect_message.fieldnames
+        self._instance_field = MAVLink_debug_vect_message.instance_field
+        self._instance_offset = MAVLink_debug_vect_message.instance_offset
+        self._name_raw = name
+        self.name = name.split(b"\x00", 1)[0].decode("ascii", errors="replace")
+        self.time_usec = time_usec
+        self.x = x
+        self.y = y
+        self.z = z
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_usec, self.x, self.y, self.z, self._name_raw), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_debug_vect_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_named_value_float_message(MAVLink_message):
     """
 
@@ -1987,6 +2432,46 @@ class MAVLink_statustext_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_statustext_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_debug_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_DEBUG
+    msgname = "DEBUG"
+    fieldnames = ["time_boot_ms", "ind", "value"]
+    ordered_fieldnames = ["time_boot_ms", "value", "ind"]
+    fieldtypes = ["uint32_t", "uint8_t", "float"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms"}
+    native_format = bytearray(b"<IfB")
+    orders = [0, 2, 1]
+    lengths = [1, 1, 1]
+    array_lengths = [0, 0, 0]
+    crc_extra = 46
+    unpacker = struct.Struct("<IfB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, ind: int, value: float):
+        MAVLink_message.__init__(self, MAVLink_debug_message.id, MAVLink_debug_message.msgname)
+        self._fieldnames = MAVLink_debug_message.fieldnames
+        self._instance_field = MAVLink_debug_message.instance_field
+        self._instance_offset = MAVLink_debug_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.ind = ind
+        self.value = value
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.value, self.ind), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_debug_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_setup_signing_message(MAVLink_message):
@@ -2079,21 +2564,31 @@ mavlink_map: Dict[int, Type[MAVLink_message]] = {
     MAVLINK_MSG_ID_PARAM_REQUEST_LIST: MAVLink_param_request_list_message,
     MAVLINK_MSG_ID_PARAM_VALUE: MAVLink_param_value_message,
     MAVLINK_MSG_ID_PARAM_SET: MAVLink_param_set_message,
+    MAVLINK_MSG_ID_SCALED_IMU: MAVLink_scaled_imu_message,
+    MAVLINK_MSG_ID_RAW_IMU: MAVLink_raw_imu_message,
     MAVLINK_MSG_ID_ATTITUDE: MAVLink_attitude_message,
     MAVLINK_MSG_ID_LOCAL_POSITION_NED: MAVLink_local_position_ned_message,
+    MAVLINK_MSG_ID_GLOBAL_POSITION_INT: MAVLink_global_position_int_message,
+    MAVLINK_MSG_ID_SERVO_OUTPUT_RAW: MAVLink_servo_output_raw_message,
+    MAVLINK_MSG_ID_RC_CHANNELS: MAVLink_rc_channels_message,
     MAVLINK_MSG_ID_REQUEST_DATA_STREAM: MAVLink_request_data_stream_message,
+    MAVLINK_MSG_ID_MANUAL_CONTROL: MAVLink_manual_control_message,
+    MAVLINK_MSG_ID_VFR_HUD: MAVLink_vfr_hud_message,
     MAVLINK_MSG_ID_COMMAND_INT: MAVLink_command_int_message,
     MAVLINK_MSG_ID_COMMAND_LONG: MAVLink_command_long_message,
     MAVLINK_MSG_ID_COMMAND_ACK: MAVLink_command_ack_message,
     MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED: MAVLink_set_position_target_local_ned_message,
     MAVLINK_MSG_ID_TIMESYNC: MAVLink_timesync_message,
     MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET: MAVLink_set_actuator_control_target_message,
+    MAVLINK_MSG_ID_ACTUATOR_CONTROL_TARGET: MAVLink_actuator_control_target_message,
     MAVLINK_MSG_ID_AUTOPILOT_VERSION: MAVLink_autopilot_version_message,
     MAVLINK_MSG_ID_EKF_STATUS_REPORT: MAVLink_ekf_status_report_message,
     MAVLINK_MSG_ID_ESTIMATOR_STATUS: MAVLink_estimator_status_message,
     MAVLINK_MSG_ID_EXTENDED_SYS_STATE: MAVLink_extended_sys_state_message,
+    MAVLINK_MSG_ID_DEBUG_VECT: MAVLink_debug_vect_message,
     MAVLINK_MSG_ID_NAMED_VALUE_FLOAT: MAVLink_named_value_float_message,
     MAVLINK_MSG_ID_STATUSTEXT: MAVLink_statustext_message,
+    MAVLINK_MSG_ID_DEBUG: MAVLink_debug_message,
     MAVLINK_MSG_ID_SETUP_SIGNING: MAVLink_setup_signing_message,
     MAVLINK_MSG_ID_DEBUG_FLOAT_ARRAY: MAVLink_debug_float_array_message,
 }
@@ -2664,6 +3159,84 @@ class MAVLink(object):
         """
         self.send(self.param_set_encode(target_system, target_component, param_id, param_value, param_type), force_mavlink1=force_mavlink1)
 
+    def scaled_imu_encode(self, time_boot_ms: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, temperature: int = 0) -> MAVLink_scaled_imu_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        xacc                      :  [mG] (type:int16_t)
+        yacc                      :  [mG] (type:int16_t)
+        zacc                      :  [mG] (type:int16_t)
+        xgyro                     :  [mrad/s] (type:int16_t)
+        ygyro                     :  [mrad/s] (type:int16_t)
+        zgyro                     :  [mrad/s] (type:int16_t)
+        xmag                      :  [mgauss] (type:int16_t)
+        ymag                      :  [mgauss] (type:int16_t)
+        zmag                      :  [mgauss] (type:int16_t)
+        temperature               :  [cdegC] (type:int16_t)
+
+        """
+        return MAVLink_scaled_imu_message(time_boot_ms, xacc, yacc, zacc, xgyro, ygyro, zgyro, xmag, ymag, zmag, temperature)
+
+    def scaled_imu_send(self, time_boot_ms: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, temperature: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        xacc                      :  [mG] (type:int16_t)
+        yacc                      :  [mG] (type:int16_t)
+        zacc                      :  [mG] (type:int16_t)
+        xgyro                     :  [mrad/s] (type:int16_t)
+        ygyro                     :  [mrad/s] (type:int16_t)
+        zgyro                     :  [mrad/s] (type:int16_t)
+        xmag                      :  [mgauss] (type:int16_t)
+        ymag                      :  [mgauss] (type:int16_t)
+        zmag                      :  [mgauss] (type:int16_t)
+        temperature               :  [cdegC] (type:int16_t)
+
+        """
+        self.send(self.scaled_imu_encode(time_boot_ms, xacc, yacc, zacc, xgyro, ygyro, zgyro, xmag, ymag, zmag, temperature), force_mavlink1=force_mavlink1)
+
+    def raw_imu_encode(self, time_usec: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, id: int = 0, temperature: int = 0) -> MAVLink_raw_imu_message:
+        """
+        
+
+        time_usec                 :  [us] (type:uint64_t)
+        xacc                      :  [mG] (type:int16_t)
+        yacc                      :  [mG] (type:int16_t)
+        zacc                      :  [mG] (type:int16_t)
+        xgyro                     :  [mrad/s] (type:int16_t)
+        ygyro                     :  [mrad/s] (type:int16_t)
+        zgyro                     :  [mrad/s] (type:int16_t)
+        xmag                      :  [mgauss] (type:int16_t)
+        ymag                      :  [mgauss] (type:int16_t)
+        zmag                      :  [mgauss] (type:int16_t)
+        id                        :  (type:uint8_t)
+        temperature               :  [cdegC] (type:int16_t)
+
+        """
+        return MAVLink_raw_imu_message(time_usec, xacc, yacc, zacc, xgyro, ygyro, zgyro, xmag, ymag, zmag, id, temperature)
+
+    def raw_imu_send(self, time_usec: int, xacc: int, yacc: int, zacc: int, xgyro: int, ygyro: int, zgyro: int, xmag: int, ymag: int, zmag: int, id: int = 0, temperature: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_usec                 :  [us] (type:uint64_t)
+        xacc                      :  [mG] (type:int16_t)
+        yacc                      :  [mG] (type:int16_t)
+        zacc                      :  [mG] (type:int16_t)
+        xgyro                     :  [mrad/s] (type:int16_t)
+        ygyro                     :  [mrad/s] (type:int16_t)
+        zgyro                     :  [mrad/s] (type:int16_t)
+        xmag                      :  [mgauss] (type:int16_t)
+        ymag                      :  [mgauss] (type:int16_t)
+        zmag                      :  [mgauss] (type:int16_t)
+        id                        :  (type:uint8_t)
+        temperature               :  [cdegC] (type:int16_t)
+
+        """
+        self.send(self.raw_imu_encode(time_usec, xacc, yacc, zacc, xgyro, ygyro, zgyro, xmag, ymag, zmag, id, temperature), force_mavlink1=force_mavlink1)
+
     def attitude_encode(self, time_boot_ms: int, roll: float, pitch: float, yaw: float, rollspeed: float, pitchspeed: float, yawspeed: float) -> MAVLink_attitude_message:
         """
         
@@ -2724,6 +3297,150 @@ class MAVLink(object):
         """
         self.send(self.local_position_ned_encode(time_boot_ms, x, y, z, vx, vy, vz), force_mavlink1=force_mavlink1)
 
+    def global_position_int_encode(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int) -> MAVLink_global_position_int_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        lat                       :  [degE7] (type:int32_t)
+        lon                       :  [degE7] (type:int32_t)
+        alt                       :  [mm] (type:int32_t)
+        relative_alt              :  [mm] (type:int32_t)
+        vx                        :  [cm/s] (type:int16_t)
+        vy                        :  [cm/s] (type:int16_t)
+        vz                        :  [cm/s] (type:int16_t)
+        hdg                       :  [cdeg] (type:uint16_t)
+
+        """
+        return MAVLink_global_position_int_message(time_boot_ms, lat, lon, alt, relative_alt, vx, vy, vz, hdg)
+
+    def global_position_int_send(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        lat                       :  [degE7] (type:int32_t)
+        lon                       :  [degE7] (type:int32_t)
+        alt                       :  [mm] (type:int32_t)
+        relative_alt              :  [mm] (type:int32_t)
+        vx                        :  [cm/s] (type:int16_t)
+        vy                        :  [cm/s] (type:int16_t)
+        vz                        :  [cm/s] (type:int16_t)
+        hdg                       :  [cdeg] (type:uint16_t)
+
+        """
+        self.send(self.global_position_int_encode(time_boot_ms, lat, lon, alt, relative_alt, vx, vy, vz, hdg), force_mavlink1=force_mavlink1)
+
+    def servo_output_raw_encode(self, time_usec: int, port: int, servo1_raw: int, servo2_raw: int, servo3_raw: int, servo4_raw: int, servo5_raw: int, servo6_raw: int, servo7_raw: int, servo8_raw: int, servo9_raw: int = 0, servo10_raw: int = 0, servo11_raw: int = 0, servo12_raw: int = 0, servo13_raw: int = 0, servo14_raw: int = 0, servo15_raw: int = 0, servo16_raw: int = 0) -> MAVLink_servo_output_raw_message:
+        """
+        
+
+        time_usec                 :  [us] (type:uint32_t)
+        port                      :  (type:uint8_t)
+        servo1_raw                :  [us] (type:uint16_t)
+        servo2_raw                :  [us] (type:uint16_t)
+        servo3_raw                :  [us] (type:uint16_t)
+        servo4_raw                :  [us] (type:uint16_t)
+        servo5_raw                :  [us] (type:uint16_t)
+        servo6_raw                :  [us] (type:uint16_t)
+        servo7_raw                :  [us] (type:uint16_t)
+        servo8_raw                :  [us] (type:uint16_t)
+        servo9_raw                :  [us] (type:uint16_t)
+        servo10_raw               :  [us] (type:uint16_t)
+        servo11_raw               :  [us] (type:uint16_t)
+        servo12_raw               :  [us] (type:uint16_t)
+        servo13_raw               :  [us] (type:uint16_t)
+        servo14_raw               :  [us] (type:uint16_t)
+        servo15_raw               :  [us] (type:uint16_t)
+        servo16_raw               :  [us] (type:uint16_t)
+
+        """
+        return MAVLink_servo_output_raw_message(time_usec, port, servo1_raw, servo2_raw, servo3_raw, servo4_raw, servo5_raw, servo6_raw, servo7_raw, servo8_raw, servo9_raw, servo10_raw, servo11_raw, servo12_raw, servo13_raw, servo14_raw, servo15_raw, servo16_raw)
+
+    def servo_output_raw_send(self, time_usec: int, port: int, servo1_raw: int, servo2_raw: int, servo3_raw: int, servo4_raw: int, servo5_raw: int, servo6_raw: int, servo7_raw: int, servo8_raw: int, servo9_raw: int = 0, servo10_raw: int = 0, servo11_raw: int = 0, servo12_raw: int = 0, servo13_raw: int = 0, servo14_raw: int = 0, servo15_raw: int = 0, servo16_raw: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_usec                 :  [us] (type:uint32_t)
+        port                      :  (type:uint8_t)
+        servo1_raw                :  [us] (type:uint16_t)
+        servo2_raw                :  [us] (type:uint16_t)
+        servo3_raw                :  [us] (type:uint16_t)
+        servo4_raw                :  [us] (type:uint16_t)
+        servo5_raw                :  [us] (type:uint16_t)
+        servo6_raw                :  [us] (type:uint16_t)
+        servo7_raw                :  [us] (type:uint16_t)
+        servo8_raw                :  [us] (type:uint16_t)
+        servo9_raw                :  [us] (type:uint16_t)
+        servo10_raw               :  [us] (type:uint16_t)
+        servo11_raw               :  [us] (type:uint16_t)
+        servo12_raw               :  [us] (type:uint16_t)
+        servo13_raw               :  [us] (type:uint16_t)
+        servo14_raw               :  [us] (type:uint16_t)
+        servo15_raw               :  [us] (type:uint16_t)
+        servo16_raw               :  [us] (type:uint16_t)
+
+        """
+        self.send(self.servo_output_raw_encode(time_usec, port, servo1_raw, servo2_raw, servo3_raw, servo4_raw, servo5_raw, servo6_raw, servo7_raw, servo8_raw, servo9_raw, servo10_raw, servo11_raw, servo12_raw, servo13_raw, servo14_raw, servo15_raw, servo16_raw), force_mavlink1=force_mavlink1)
+
+    def rc_channels_encode(self, time_boot_ms: int, chancount: int, chan1_raw: int, chan2_raw: int, chan3_raw: int, chan4_raw: int, chan5_raw: int, chan6_raw: int, chan7_raw: int, chan8_raw: int, chan9_raw: int, chan10_raw: int, chan11_raw: int, chan12_raw: int, chan13_raw: int, chan14_raw: int, chan15_raw: int, chan16_raw: int, chan17_raw: int, chan18_raw: int, rssi: int) -> MAVLink_rc_channels_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        chancount                 :  (type:uint8_t)
+        chan1_raw                 :  [us] (type:uint16_t)
+        chan2_raw                 :  [us] (type:uint16_t)
+        chan3_raw                 :  [us] (type:uint16_t)
+        chan4_raw                 :  [us] (type:uint16_t)
+        chan5_raw                 :  [us] (type:uint16_t)
+        chan6_raw                 :  [us] (type:uint16_t)
+        chan7_raw                 :  [us] (type:uint16_t)
+        chan8_raw                 :  [us] (type:uint16_t)
+        chan9_raw                 :  [us] (type:uint16_t)
+        chan10_raw                :  [us] (type:uint16_t)
+        chan11_raw                :  [us] (type:uint16_t)
+        chan12_raw                :  [us] (type:uint16_t)
+        chan13_raw                :  [us] (type:uint16_t)
+        chan14_raw                :  [us] (type:uint16_t)
+        chan15_raw                :  [us] (type:uint16_t)
+        chan16_raw                :  [us] (type:uint16_t)
+        chan17_raw                :  [us] (type:uint16_t)
+        chan18_raw                :  [us] (type:uint16_t)
+        rssi                      :  (type:uint8_t)
+
+        """
+        return MAVLink_rc_channels_message(time_boot_ms, chancount, chan1_raw, chan2_raw, chan3_raw, chan4_raw, chan5_raw, chan6_raw, chan7_raw, chan8_raw, chan9_raw, chan10_raw, chan11_raw, chan12_raw, chan13_raw, chan14_raw, chan15_raw, chan16_raw, chan17_raw, chan18_raw, rssi)
+
+    def rc_channels_send(self, time_boot_ms: int, chancount: int, chan1_raw: int, chan2_raw: int, chan3_raw: int, chan4_raw: int, chan5_raw: int, chan6_raw: int, chan7_raw: int, chan8_raw: int, chan9_raw: int, chan10_raw: int, chan11_raw: int, chan12_raw: int, chan13_raw: int, chan14_raw: int, chan15_raw: int, chan16_raw: int, chan17_raw: int, chan18_raw: int, rssi: int, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        chancount                 :  (type:uint8_t)
+        chan1_raw                 :  [us] (type:uint16_t)
+        chan2_raw                 :  [us] (type:uint16_t)
+        chan3_raw                 :  [us] (type:uint16_t)
+        chan4_raw                 :  [us] (type:uint16_t)
+        chan5_raw                 :  [us] (type:uint16_t)
+        chan6_raw                 :  [us] (type:uint16_t)
+        chan7_raw                 :  [us] (type:uint16_t)
+        chan8_raw                 :  [us] (type:uint16_t)
+        chan9_raw                 :  [us] (type:uint16_t)
+        chan10_raw                :  [us] (type:uint16_t)
+        chan11_raw                :  [us] (type:uint16_t)
+        chan12_raw                :  [us] (type:uint16_t)
+        chan13_raw                :  [us] (type:uint16_t)
+        chan14_raw                :  [us] (type:uint16_t)
+        chan15_raw                :  [us] (type:uint16_t)
+        chan16_raw                :  [us] (type:uint16_t)
+        chan17_raw                :  [us] (type:uint16_t)
+        chan18_raw                :  [us] (type:uint16_t)
+        rssi                      :  (type:uint8_t)
+
+        """
+        self.send(self.rc_channels_encode(time_boot_ms, chancount, chan1_raw, chan2_raw, chan3_raw, chan4_raw, chan5_raw, chan6_raw, chan7_raw, chan8_raw, chan9_raw, chan10_raw, chan11_raw, chan12_raw, chan13_raw, chan14_raw, chan15_raw, chan16_raw, chan17_raw, chan18_raw, rssi), force_mavlink1=force_mavlink1)
+
     def request_data_stream_encode(self, target_system: int, target_component: int, req_stream_id: int, req_message_rate: int, start_stop: int) -> MAVLink_request_data_stream_message:
         """
         
@@ -2749,6 +3466,82 @@ class MAVLink(object):
 
         """
         self.send(self.request_data_stream_encode(target_system, target_component, req_stream_id, req_message_rate, start_stop), force_mavlink1=force_mavlink1)
+
+    def manual_control_encode(self, target: int, x: int, y: int, z: int, r: int, buttons: int, buttons2: int = 0, enabled_extensions: int = 0, s: int = 0, t: int = 0, aux1: int = 0, aux2: int = 0, aux3: int = 0, aux4: int = 0, aux5: int = 0, aux6: int = 0) -> MAVLink_manual_control_message:
+        """
+        
+
+        target                    :  (type:uint8_t)
+        x                         :  (type:int16_t)
+        y                         :  (type:int16_t)
+        z                         :  (type:int16_t)
+        r                         :  (type:int16_t)
+        buttons                   :  (type:uint16_t)
+        buttons2                  :  (type:uint16_t)
+        enabled_extensions        :  (type:uint8_t)
+        s                         :  (type:int16_t)
+        t                         :  (type:int16_t)
+        aux1                      :  (type:int16_t)
+        aux2                      :  (type:int16_t)
+        aux3                      :  (type:int16_t)
+        aux4                      :  (type:int16_t)
+        aux5                      :  (type:int16_t)
+        aux6                      :  (type:int16_t)
+
+        """
+        return MAVLink_manual_control_message(target, x, y, z, r, buttons, buttons2, enabled_extensions, s, t, aux1, aux2, aux3, aux4, aux5, aux6)
+
+    def manual_control_send(self, target: int, x: int, y: int, z: int, r: int, buttons: int, buttons2: int = 0, enabled_extensions: int = 0, s: int = 0, t: int = 0, aux1: int = 0, aux2: int = 0, aux3: int = 0, aux4: int = 0, aux5: int = 0, aux6: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target                    :  (type:uint8_t)
+        x                         :  (type:int16_t)
+        y                         :  (type:int16_t)
+        z                         :  (type:int16_t)
+        r                         :  (type:int16_t)
+        buttons                   :  (type:uint16_t)
+        buttons2                  :  (type:uint16_t)
+        enabled_extensions        :  (type:uint8_t)
+        s                         :  (type:int16_t)
+        t                         :  (type:int16_t)
+        aux1                      :  (type:int16_t)
+        aux2                      :  (type:int16_t)
+        aux3                      :  (type:int16_t)
+        aux4                      :  (type:int16_t)
+        aux5                      :  (type:int16_t)
+        aux6                      :  (type:int16_t)
+
+        """
+        self.send(self.manual_control_encode(target, x, y, z, r, buttons, buttons2, enabled_extensions, s, t, aux1, aux2, aux3, aux4, aux5, aux6), force_mavlink1=force_mavlink1)
+
+    def vfr_hud_encode(self, airspeed: float, groundspeed: float, heading: int, throttle: int, alt: float, climb: float) -> MAVLink_vfr_hud_message:
+        """
+        
+
+        airspeed                  :  [m/s] (type:float)
+        groundspeed               :  [m/s] (type:float)
+        heading                   :  [deg] (type:int16_t)
+        throttle                  :  [%] (type:uint16_t)
+        alt                       :  [m] (type:float)
+        climb                     :  [m/s] (type:float)
+
+        """
+        return MAVLink_vfr_hud_message(airspeed, groundspeed, heading, throttle, alt, climb)
+
+    def vfr_hud_send(self, airspeed: float, groundspeed: float, heading: int, throttle: int, alt: float, climb: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        airspeed                  :  [m/s] (type:float)
+        groundspeed               :  [m/s] (type:float)
+        heading                   :  [deg] (type:int16_t)
+        throttle                  :  [%] (type:uint16_t)
+        alt                       :  [m] (type:float)
+        climb                     :  [m/s] (type:float)
+
+        """
+        self.send(self.vfr_hud_encode(airspeed, groundspeed, heading, throttle, alt, climb), force_mavlink1=force_mavlink1)
 
     def command_int_encode(self, target_system: int, target_component: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: int, y: int, z: float) -> MAVLink_command_int_message:
         """
@@ -2952,6 +3745,28 @@ class MAVLink(object):
         """
         self.send(self.set_actuator_control_target_encode(time_usec, group_mlx, target_system, target_component, controls), force_mavlink1=force_mavlink1)
 
+    def actuator_control_target_encode(self, time_usec: int, group_mlx: int, controls: Sequence[float]) -> MAVLink_actuator_control_target_message:
+        """
+        
+
+        time_usec                 :  [us] (type:uint64_t)
+        group_mlx                 :  (type:uint8_t)
+        controls                  :  (type:float)
+
+        """
+        return MAVLink_actuator_control_target_message(time_usec, group_mlx, controls)
+
+    def actuator_control_target_send(self, time_usec: int, group_mlx: int, controls: Sequence[float], force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_usec                 :  [us] (type:uint64_t)
+        group_mlx                 :  (type:uint8_t)
+        controls                  :  (type:float)
+
+        """
+        self.send(self.actuator_control_target_encode(time_usec, group_mlx, controls), force_mavlink1=force_mavlink1)
+
     def autopilot_version_encode(self, capabilities: int, flight_sw_version: int, middleware_sw_version: int, os_sw_version: int, board_version: int, flight_custom_version: Sequence[int], middleware_custom_version: Sequence[int], os_custom_version: Sequence[int], vendor_id: int, product_id: int, uid: int, uid2: Sequence[int] = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)) -> MAVLink_autopilot_version_message:
         """
         
@@ -3078,6 +3893,32 @@ class MAVLink(object):
         """
         self.send(self.extended_sys_state_encode(vtol_state, landed_state), force_mavlink1=force_mavlink1)
 
+    def debug_vect_encode(self, name: bytes, time_usec: int, x: float, y: float, z: float) -> MAVLink_debug_vect_message:
+        """
+        
+
+        name                      :  (type:char)
+        time_usec                 :  [us] (type:uint64_t)
+        x                         :  (type:float)
+        y                         :  (type:float)
+        z                         :  (type:float)
+
+        """
+        return MAVLink_debug_vect_message(name, time_usec, x, y, z)
+
+    def debug_vect_send(self, name: bytes, time_usec: int, x: float, y: float, z: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        name                      :  (type:char)
+        time_usec                 :  [us] (type:uint64_t)
+        x                         :  (type:float)
+        y                         :  (type:float)
+        z                         :  (type:float)
+
+        """
+        self.send(self.debug_vect_encode(name, time_usec, x, y, z), force_mavlink1=force_mavlink1)
+
     def named_value_float_encode(self, time_boot_ms: int, name: bytes, value: float) -> MAVLink_named_value_float_message:
         """
         
@@ -3123,6 +3964,28 @@ class MAVLink(object):
 
         """
         self.send(self.statustext_encode(severity, text, id, chunk_seq), force_mavlink1=force_mavlink1)
+
+    def debug_encode(self, time_boot_ms: int, ind: int, value: float) -> MAVLink_debug_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        ind                       :  (type:uint8_t)
+        value                     :  (type:float)
+
+        """
+        return MAVLink_debug_message(time_boot_ms, ind, value)
+
+    def debug_send(self, time_boot_ms: int, ind: int, value: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        ind                       :  (type:uint8_t)
+        value                     :  (type:float)
+
+        """
+        self.send(self.debug_encode(time_boot_ms, ind, value), force_mavlink1=force_mavlink1)
 
     def setup_signing_encode(self, target_system: int, target_component: int, secret_key: Sequence[int], initial_timestamp: int) -> MAVLink_setup_signing_message:
         """

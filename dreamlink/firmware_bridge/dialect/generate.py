@@ -47,6 +47,9 @@ MESSAGES = (
     "SET_POSITION_TARGET_LOCAL_NED", "SET_ACTUATOR_CONTROL_TARGET",
     # the cart-pole motor board's state
     "DEBUG_FLOAT_ARRAY",
+    # what a vehicle file's board may stream its state in, or be driven by (spec.Source, firmware_bridge/motor_board)
+    "MANUAL_CONTROL", "DEBUG", "DEBUG_VECT", "SCALED_IMU", "RAW_IMU", "SERVO_OUTPUT_RAW", "RC_CHANNELS", "VFR_HUD",
+    "GLOBAL_POSITION_INT", "ACTUATOR_CONTROL_TARGET",
     # which vehicle a bundle learned (firmware_bridge/vehicle_id.py)
     "AUTOPILOT_VERSION",
 )
