@@ -142,3 +142,16 @@ def test_an_edited_file_applies_to_a_trained_model_only_with_the_same_vectors(tm
     with pytest.raises(SpecError, match=r"other state/action vectors"):
         with_vehicle_file(trained, load_vehicle(CAR))
     assert np.all(np.isfinite(CARTPOLE.action_high))
+
+
+def test_a_table_reference_interpolates_and_keeps_the_target_where_it_is_silent(tmp_path: Path) -> None:
+    from dreamlink.runtime.mission import TableReference
+
+    (tmp_path / "ref.csv").write_text("t_s,speed_mps\n0,0\n1,2\n")
+    spec = load_vehicle(write(tmp_path, ROVER.replace("[task]", '[task]\nreference_csv = "ref.csv"')))
+    task = default_task(spec)
+    ref = TableReference(task.reference, (1.0, 0.25), 0.25, 6, start_s=10.0)
+    window = ref(10.0)  # the next 6 steps: 0.25 .. 1.5 s into the table
+    np.testing.assert_allclose(window[:, 0], [0.5, 1.0, 1.5, 2.0, 2.0, 2.0])  # held at its end
+    np.testing.assert_allclose(window[:, 1], 0.25)  # heading: not in the table, the target's
+    assert window.dtype == np.float32 and np.all(np.isfinite(window))

@@ -133,3 +133,25 @@ def shift_for_drift(ref: np.ndarray, drift_mps: np.ndarray, spec: VehicleSpec, p
         out[:, spec.state_index(f"pos_{axis}_m")] -= np.float32(drift_mps[i]) * steps
         out[:, spec.state_index(f"vel_{axis}_mps")] -= np.float32(drift_mps[i])
     return out
+
+
+class TableReference:
+    """A vehicle file's reference trajectory (its task's `reference` rows: t_s, x_0 .. x_S-1), interpolated
+    linearly in time and held at its ends; a component the table leaves out (NaN) keeps the task's target."""
+
+    def __init__(self, rows: tuple[tuple[float, ...], ...], target: tuple[float, ...], period_s: float,
+                 horizon: int, start_s: float) -> None:
+        table = np.asarray(rows, dtype=np.float64)
+        self.t_s, self.values = table[:, 0], table[:, 1:]
+        self.target = np.asarray(target, dtype=np.float64)
+        self.offsets_s = period_s * np.arange(1, horizon + 1)
+        self.start_s = start_s
+
+    def __call__(self, t_s: float) -> np.ndarray:
+        """[H,S] float32: the reference at each of the next H steps after `t_s`."""
+        t = (t_s - self.start_s) + self.offsets_s
+        out = np.empty((len(t), self.values.shape[1]), np.float32)
+        for i in range(self.values.shape[1]):
+            column = self.values[:, i]
+            out[:, i] = self.target[i] if np.isnan(column).all() else np.interp(t, self.t_s, column)
+        return out

@@ -27,7 +27,7 @@ from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
 from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
-from dreamlink.runtime.mission import DriftEstimator, Figure8, reference_window, shift_for_drift
+from dreamlink.runtime.mission import DriftEstimator, Figure8, TableReference, reference_window, shift_for_drift
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
 from dreamlink.runtime.policy import PolicyPlanner, PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
@@ -173,6 +173,10 @@ def fly(
             profile.arm()
             profile.enter_control_mode()
             limits, reference, ticks = ShieldLimits.from_spec(spec), None, config.ticks
+            if spec.task is not None and spec.task.reference:  # a reference trajectory from the vehicle file
+                reference = TableReference(spec.task.reference, spec.task.target, spec.control_period_s,
+                                           planner_cfg.horizon, clock.now())
+                mission_info["reference"] = {"rows": len(spec.task.reference), "start_s": reference.start_s}
         disagreement_limit = float(bundle.manifest.calibration.get("disagreement_threshold", float("inf")))
         loop = ControlLoop(
             profile,
