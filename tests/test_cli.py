@@ -51,6 +51,34 @@ def test_a_users_own_two_layer_mlp_exports_through_the_cli(tmp_path, capsys):
     assert bundle.spec.name == "cartpole" and bundle.manifest.files["world_model"].ensemble_size == 1
 
 
+def test_a_users_module_for_a_robot_described_in_a_file_exports(tmp_path, capsys):
+    """10 states, 3 actions, a vehicle file: no code of dreamlink's names this robot."""
+    states = ", ".join(f'{{ name = "x{i}_m", unit = "m", low = -1.0, high = 1.0 }}' for i in range(10))
+    actions = ", ".join(f'{{ name = "u{i}", unit = "1", low = -1.0, high = 1.0 }}' for i in range(3))
+    (tmp_path / "arm.toml").write_text(f'name = "arm"\ncontrol_period_s = 0.01\nstate = [{states}]\n'
+                                       f'action = [{actions}]\n')
+    (tmp_path / "arm.py").write_text(textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+
+        class Arm(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Linear(13, 10)
+
+            def forward(self, state, action):
+                return state + self.net(torch.cat([state, action], dim=-1))
+
+        model = Arm()
+        """))
+    out = tmp_path / "bundle"
+    assert main(["export", "--module", f"{tmp_path / 'arm.py'}:model", "--vehicle", str(tmp_path / "arm.toml"),
+                 "--out", str(out)]) == 0
+    bundle = load_bundle(out)
+    assert (bundle.spec.name, bundle.spec.state_dim, bundle.spec.action_dim) == ("arm", 10, 3)
+
+
 def test_run_with_a_missing_bundle_says_which(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dreamlink.cli", "run", "--bundle", str(tmp_path / "nope"), "--connect",
