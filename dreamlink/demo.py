@@ -134,9 +134,9 @@ def export_bundle(
     from dreamlink.calibration.kstep import kstep_curve, recommend_horizon
     from dreamlink.export.pack import pack_bundle
     from dreamlink.learning.transitions import TransitionSet
-    from dreamlink.runtime.planner_defaults import derived_planner
+    from dreamlink.runtime.planner_defaults import DERIVED_HORIZON, DERIVED_SAMPLES, derived_planner
     from dreamlink.runtime.session import ModelSession
-    from dreamlink.runtime.tasks import default_task
+    from dreamlink.runtime.tasks import DEFAULT_TASKS, default_task
 
     bundle, parity = pack_bundle(out, spec, model, training=training or {})
     verdict = "PASS" if parity.ok else "FAIL"
@@ -172,7 +172,10 @@ def export_bundle(
                 f"k-step error: recommended horizon {recommended} (normalised RMSE < {tolerance}); "
                 f"planning with {horizon}"
             )
-    if not planner:  # the vehicle file's settings, the rest derived from it (runtime.planner_defaults)
+    if not planner and spec.task is None and spec.name not in DEFAULT_TASKS:
+        # no task yet (a vehicle file may add one later): the temperature derives from it at run time
+        planner = {"samples": samples or DERIVED_SAMPLES, "horizon": horizon or DERIVED_HORIZON}
+    elif not planner:  # the vehicle file's settings, the rest derived from it (runtime.planner_defaults)
         derived = derived_planner(spec, default_task(spec), horizon)
         planner = {"samples": samples or derived.samples, "horizon": derived.horizon,
                    "noise_sigma": derived.noise_sigma, "temperature": round(derived.temperature, 6),

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamlink.spec import CARTPOLE_BALANCED_ANGLE_RAD, CARTPOLE_BALANCED_POS_M, QuadraticTask, VehicleSpec
+from dreamlink.spec import (
+    CARTPOLE_BALANCED_ANGLE_RAD,
+    CARTPOLE_BALANCED_POS_M,
+    QuadraticTask,
+    SpecError,
+    VehicleSpec,
+)
 
 __all__ = ["QuadraticTask", "default_task", "trajectory_cost"]
 
@@ -65,7 +71,7 @@ def default_task(spec: VehicleSpec) -> QuadraticTask:
     elif spec.name in DEFAULT_TASKS:
         task = DEFAULT_TASKS[spec.name](spec)
     else:
-        raise KeyError(f"vehicle {spec.name!r} has no [task] in its vehicle file; add one (targets, weights, "
+        raise SpecError(f"vehicle {spec.name!r} has no [task] in its vehicle file; add one (targets, weights, "
                        f"walls), or use a shipped vehicle ({', '.join(sorted(DEFAULT_TASKS))})")
     task.check(spec)
     return task
