@@ -1044,7 +1044,6 @@ MAVLINK_MSG_ID_SCALED_IMU = 26
 MAVLINK_MSG_ID_RAW_IMU = 27
 MAVLINK_MSG_ID_ATTITUDE = 30
 MAVLINK_MSG_ID_LOCAL_POSITION_NED = 32
-MAVLINK_MSG_ID_GLOBAL_POSITION_INT = 33
 MAVLINK_MSG_ID_SERVO_OUTPUT_RAW = 36
 MAVLINK_MSG_ID_RC_CHANNELS = 65
 MAVLINK_MSG_ID_REQUEST_DATA_STREAM = 66
@@ -1515,52 +1514,6 @@ class MAVLink_local_position_ned_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_local_position_ned_message, "name", mavlink_msg_deprecated_name_property())
-
-
-class MAVLink_global_position_int_message(MAVLink_message):
-    """
-
-    """
-
-    id = MAVLINK_MSG_ID_GLOBAL_POSITION_INT
-    msgname = "GLOBAL_POSITION_INT"
-    fieldnames = ["time_boot_ms", "lat", "lon", "alt", "relative_alt", "vx", "vy", "vz", "hdg"]
-    ordered_fieldnames = ["time_boot_ms", "lat", "lon", "alt", "relative_alt", "vx", "vy", "vz", "hdg"]
-    fieldtypes = ["uint32_t", "int32_t", "int32_t", "int32_t", "int32_t", "int16_t", "int16_t", "int16_t", "uint16_t"]
-    fielddisplays_by_name: Dict[str, str] = {}
-    fieldenums_by_name: Dict[str, str] = {}
-    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "lat": "degE7", "lon": "degE7", "alt": "mm", "relative_alt": "mm", "vx": "cm/s", "vy": "cm/s", "vz": "cm/s", "hdg": "cdeg"}
-    native_format = bytearray(b"<IiiiihhhH")
-    orders = [0, 1, 2, 3, 4, 5, 6, 7, 8]
-    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1]
-    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0]
-    crc_extra = 104
-    unpacker = struct.Struct("<IiiiihhhH")
-    instance_field = None
-    instance_offset = -1
-
-    def __init__(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int):
-        MAVLink_message.__init__(self, MAVLink_global_position_int_message.id, MAVLink_global_position_int_message.msgname)
-        self._fieldnames = MAVLink_global_position_int_message.fieldnames
-        self._instance_field = MAVLink_global_position_int_message.instance_field
-        self._instance_offset = MAVLink_global_position_int_message.instance_offset
-        self.time_boot_ms = time_boot_ms
-        self.lat = lat
-        self.lon = lon
-        self.alt = alt
-        self.relative_alt = relative_alt
-        self.vx = vx
-        self.vy = vy
-        self.vz = vz
-        self.hdg = hdg
-
-    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
-        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.lat, self.lon, self.alt, self.relative_alt, self.vx, self.vy, self.vz, self.hdg), force_mavlink1=force_mavlink1)
-
-
-# Define name on the class for backwards compatibility (it is now msgname).
-# Done with setattr to hide the class variable from mypy.
-setattr(MAVLink_global_position_int_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_servo_output_raw_message(MAVLink_message):
@@ -2568,7 +2521,6 @@ mavlink_map: Dict[int, Type[MAVLink_message]] = {
     MAVLINK_MSG_ID_RAW_IMU: MAVLink_raw_imu_message,
     MAVLINK_MSG_ID_ATTITUDE: MAVLink_attitude_message,
     MAVLINK_MSG_ID_LOCAL_POSITION_NED: MAVLink_local_position_ned_message,
-    MAVLINK_MSG_ID_GLOBAL_POSITION_INT: MAVLink_global_position_int_message,
     MAVLINK_MSG_ID_SERVO_OUTPUT_RAW: MAVLink_servo_output_raw_message,
     MAVLINK_MSG_ID_RC_CHANNELS: MAVLink_rc_channels_message,
     MAVLINK_MSG_ID_REQUEST_DATA_STREAM: MAVLink_request_data_stream_message,
@@ -3296,40 +3248,6 @@ class MAVLink(object):
 
         """
         self.send(self.local_position_ned_encode(time_boot_ms, x, y, z, vx, vy, vz), force_mavlink1=force_mavlink1)
-
-    def global_position_int_encode(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int) -> MAVLink_global_position_int_message:
-        """
-        
-
-        time_boot_ms              :  [ms] (type:uint32_t)
-        lat                       :  [degE7] (type:int32_t)
-        lon                       :  [degE7] (type:int32_t)
-        alt                       :  [mm] (type:int32_t)
-        relative_alt              :  [mm] (type:int32_t)
-        vx                        :  [cm/s] (type:int16_t)
-        vy                        :  [cm/s] (type:int16_t)
-        vz                        :  [cm/s] (type:int16_t)
-        hdg                       :  [cdeg] (type:uint16_t)
-
-        """
-        return MAVLink_global_position_int_message(time_boot_ms, lat, lon, alt, relative_alt, vx, vy, vz, hdg)
-
-    def global_position_int_send(self, time_boot_ms: int, lat: int, lon: int, alt: int, relative_alt: int, vx: int, vy: int, vz: int, hdg: int, force_mavlink1: bool = False) -> None:
-        """
-        
-
-        time_boot_ms              :  [ms] (type:uint32_t)
-        lat                       :  [degE7] (type:int32_t)
-        lon                       :  [degE7] (type:int32_t)
-        alt                       :  [mm] (type:int32_t)
-        relative_alt              :  [mm] (type:int32_t)
-        vx                        :  [cm/s] (type:int16_t)
-        vy                        :  [cm/s] (type:int16_t)
-        vz                        :  [cm/s] (type:int16_t)
-        hdg                       :  [cdeg] (type:uint16_t)
-
-        """
-        self.send(self.global_position_int_encode(time_boot_ms, lat, lon, alt, relative_alt, vx, vy, vz, hdg), force_mavlink1=force_mavlink1)
 
     def servo_output_raw_encode(self, time_usec: int, port: int, servo1_raw: int, servo2_raw: int, servo3_raw: int, servo4_raw: int, servo5_raw: int, servo6_raw: int, servo7_raw: int, servo8_raw: int, servo9_raw: int = 0, servo10_raw: int = 0, servo11_raw: int = 0, servo12_raw: int = 0, servo13_raw: int = 0, servo14_raw: int = 0, servo15_raw: int = 0, servo16_raw: int = 0) -> MAVLink_servo_output_raw_message:
         """

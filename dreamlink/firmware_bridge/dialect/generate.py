@@ -49,7 +49,7 @@ MESSAGES = (
     "DEBUG_FLOAT_ARRAY",
     # what a vehicle file's board may stream its state in, or be driven by (spec.Source, firmware_bridge/motor_board)
     "MANUAL_CONTROL", "DEBUG", "DEBUG_VECT", "SCALED_IMU", "RAW_IMU", "SERVO_OUTPUT_RAW", "RC_CHANNELS", "VFR_HUD",
-    "GLOBAL_POSITION_INT", "ACTUATOR_CONTROL_TARGET",
+    "ACTUATOR_CONTROL_TARGET",
     # which vehicle a bundle learned (firmware_bridge/vehicle_id.py)
     "AUTOPILOT_VERSION",
 )
