@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SEED ?= 0
 ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
 
-.PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad real-sitl finetune-study
+.PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad real-sitl finetune-study byo-study
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -122,3 +122,11 @@ real-sitl: venv
 # mix), judged by held-out k-step error on the real SITL logs in ../shared/data/sitl-logs. Needs `make demo-quad`.
 finetune-study: venv
 	$(PY) bench/finetune_study.py --sim runs/demo-quad --minutes 1 --out runs/finetune-study
+
+# Bring your own robot (examples/pendulum, examples/mountain_car): each vehicle file built and flown with the CLI
+# alone (collect, train, export, `sitl gym` + `run` in real time over UDP), 10 seeds each, beside pytorch-mppi's own
+# pendulum swing-up examples (true and learned dynamics, same machine, same run); table in runs/byo-study/results.md.
+# About 12 min on 2 cores; BYO_ARGS=--quick for a smoke run, --skip-build to reuse the bundles.
+BYO_ARGS ?=
+byo-study: $(VENV)/.bench-installed
+	$(PY) bench/byo_robot_study.py --out runs/byo-study $(BYO_ARGS)
