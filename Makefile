@@ -20,7 +20,7 @@ demo: venv
 	@echo "next: make demo-quad (the quadrotor, both autopilot flavours, about 6 min)"
 
 lint: venv
-	$(BIN)/ruff check dreamlink tests bench
+	$(BIN)/ruff check dreamlink tests bench examples
 	$(BIN)/mypy $(ONBOARD)
 
 test: lint
