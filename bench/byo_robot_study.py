@@ -48,6 +48,7 @@ import machine  # noqa: E402
 from dreamlink.sim.launcher import free_udp_port  # noqa: E402
 
 PEER = "pytorch-mppi"
+OUTSIDE = "outside"
 UPRIGHT_RAD = 0.2  # the issue's band around upright
 FLAG_M = 0.45  # MountainCarContinuous-v0's goal_position
 
@@ -113,6 +114,34 @@ def build(v: Vehicle, work: Path, transitions: int, epochs: int) -> dict[str, An
                 "--data", str(work / "hold.npz"), "--out", str(work / "bundle")], logs / "export.log", 1800)
     return {"transitions": transitions, "holdout_transitions": transitions // 5, "epochs": epochs,
             "build_s": time.perf_counter() - t0}
+
+
+def build_outside(work: Path, toml: Path, quick: bool) -> dict[str, Path]:
+    """A world model and a policy made outside dreamlink (examples/pendulum/outside_model.py: plain torch,
+    torch.onnx.export with .onnx.data side files), bundled with `dreamlink bundle`, then the bundles copied to
+    another folder and the originals (and the ONNX files) removed: the copies must stand alone."""
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    made = work / "made"
+    dl = dreamlink_cmd()
+    say("outside: a world model and a policy fitted with plain torch (examples/pendulum/outside_model.py)")
+    run_logged([sys.executable, str(ROOT / "examples/pendulum/outside_model.py"), "--out", str(made),
+                *(["--steps", "8000", "--epochs", "5"] if quick else [])], logs / "outside-model.log", 3600)
+    out: dict[str, Path] = {}
+    for role, argv in (("model", [str(made / "model.onnx")]), ("policy", ["--policy", str(made / "policy.onnx")])):
+        built = work / f"built-{role}"
+        if built.exists():
+            shutil.rmtree(built)
+        run_logged([*dl, "bundle", *argv, "--vehicle", str(toml), "--out", str(built)], logs / f"bundle-{role}.log",
+                   600)
+        copied = work / "copied" / role
+        if copied.exists():
+            shutil.rmtree(copied)
+        shutil.copytree(built, copied)
+        shutil.rmtree(built)
+        out[role] = copied
+    shutil.rmtree(made)
+    return out
 
 
 def bundle_planner(bundle: Path) -> dict[str, Any]:
@@ -205,6 +234,8 @@ def dreamlink_flights(v: Vehicle, bundle: Path, seeds: int, work: Path) -> list[
         r.update(seed=seed, flight=str(ticks.parent), retried=retried,
                  **{k: stats.get(k) for k in ("achieved_rate_hz", "overruns", "missed_deadlines", "stale_ticks",
                                               "fallbacks", "lateness_p99_ms") if k in stats})
+        if stats.get("ticks"):
+            r["shield_changed_share"] = stats.get("shield_changed_ticks", 0) / stats["ticks"]
         rows.append(r)
         ttg = f"{r['time_to_goal_s']:.1f} s" if r["time_to_goal_s"] is not None else "never"
         extra = (f"max |angle| last 5 s {r['max_abs_angle_last_5s_rad']:.3f} rad" if v.name == "pendulum"
@@ -424,7 +455,9 @@ def render(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         a = r["aggregate"]
         ttg = f"{a['time_to_goal_s_median']:.1f} s" if a["time_to_goal_s_median"] is not None else "-"
-        rows.append(f"| {r['label']} | {a['seeds']} | {a['successes']} | {ttg} | "
+        shield = f"; shield changed {100 * a['shield_changed_share']:.1f} % of ticks" \
+            if "shield_changed_share" in a else ""
+        rows.append(f"| {r['label']}{shield} | {a['seeds']} | {a['successes']} | {ttg} | "
                     f"{a['plan_ms_p50']:.2f} / {a['plan_ms_p99']:.2f} | {r['samples']} x {r['horizon']} |")
     parts = [
         "# Bring your own robot: Gymnasium vehicle files flown with the CLI, beside pytorch-mppi",
@@ -479,7 +512,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=10, help="seeds per vehicle and planner (quick: 2)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 seeds, fewer transitions and epochs")
     p.add_argument("--skip-build", action="store_true", help="reuse the bundles already in --out")
-    p.add_argument("--only", choices=[*VEHICLES, PEER], help="one vehicle, or only the peer")
+    p.add_argument("--only", choices=[*VEHICLES, OUTSIDE, PEER],
+                   help="one vehicle, the models made outside dreamlink, or only the peer")
     a = p.parse_args(argv)
     if a.quick:
         a.seeds = min(a.seeds, 2)
@@ -512,6 +546,19 @@ def main(argv: list[str] | None = None) -> int:
         result["rows"].append({"label": f"{v.name}: dreamlink (learned ONNX model, MAVLink/UDP, real time)",
                                "vehicle": v.name, "goal": v.goal, "build": build_info, **planner,
                                "aggregate": aggregate(per_seed), "per_seed": per_seed})
+    if args.only in (None, OUTSIDE):
+        pendulum = VEHICLES["pendulum"]
+        work = args.out / "outside"
+        bundles = build_outside(work, pendulum.toml, args.quick)
+        for role, label in (("model", "pendulum: a world model made outside (plain torch, `dreamlink bundle`)"),
+                            ("policy", "pendulum: a policy made outside, flown alone (`dreamlink bundle --policy`)")):
+            per_seed = dreamlink_flights(pendulum, bundles[role], args.seeds, work / role)
+            planner = bundle_planner(bundles[role]) if role == "model" else {"samples": 1, "horizon": 1}
+            agg = aggregate(per_seed)
+            if role == "policy":
+                agg["shield_changed_share"] = statistics.mean(r.get("shield_changed_share", 0.0) for r in per_seed)
+            result["rows"].append({"label": label, "vehicle": "pendulum", "goal": pendulum.goal, **planner,
+                                   "aggregate": agg, "per_seed": per_seed})
     if args.only in (None, PEER):
         import torch
 
