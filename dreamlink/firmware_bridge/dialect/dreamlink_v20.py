@@ -1031,6 +1031,58 @@ enums["ESTIMATOR_STATUS_FLAGS"][2048] = EnumEntry("ESTIMATOR_ACCEL_ERROR", """""
 ESTIMATOR_STATUS_FLAGS_ENUM_END = 2049
 enums["ESTIMATOR_STATUS_FLAGS"][2049] = EnumEntry("ESTIMATOR_STATUS_FLAGS_ENUM_END", """""")
 
+# MAV_MISSION_TYPE
+enums["MAV_MISSION_TYPE"] = Enum()
+enums["MAV_MISSION_TYPE"].bitmask = False
+MAV_MISSION_TYPE_MISSION = 0
+enums["MAV_MISSION_TYPE"][0] = EnumEntry("MAV_MISSION_TYPE_MISSION", """""")
+MAV_MISSION_TYPE_FENCE = 1
+enums["MAV_MISSION_TYPE"][1] = EnumEntry("MAV_MISSION_TYPE_FENCE", """""")
+MAV_MISSION_TYPE_RALLY = 2
+enums["MAV_MISSION_TYPE"][2] = EnumEntry("MAV_MISSION_TYPE_RALLY", """""")
+MAV_MISSION_TYPE_ALL = 255
+enums["MAV_MISSION_TYPE"][255] = EnumEntry("MAV_MISSION_TYPE_ALL", """""")
+MAV_MISSION_TYPE_ENUM_END = 256
+enums["MAV_MISSION_TYPE"][256] = EnumEntry("MAV_MISSION_TYPE_ENUM_END", """""")
+
+# MAV_MISSION_RESULT
+enums["MAV_MISSION_RESULT"] = Enum()
+enums["MAV_MISSION_RESULT"].bitmask = False
+MAV_MISSION_ACCEPTED = 0
+enums["MAV_MISSION_RESULT"][0] = EnumEntry("MAV_MISSION_ACCEPTED", """""")
+MAV_MISSION_ERROR = 1
+enums["MAV_MISSION_RESULT"][1] = EnumEntry("MAV_MISSION_ERROR", """""")
+MAV_MISSION_UNSUPPORTED_FRAME = 2
+enums["MAV_MISSION_RESULT"][2] = EnumEntry("MAV_MISSION_UNSUPPORTED_FRAME", """""")
+MAV_MISSION_UNSUPPORTED = 3
+enums["MAV_MISSION_RESULT"][3] = EnumEntry("MAV_MISSION_UNSUPPORTED", """""")
+MAV_MISSION_NO_SPACE = 4
+enums["MAV_MISSION_RESULT"][4] = EnumEntry("MAV_MISSION_NO_SPACE", """""")
+MAV_MISSION_INVALID = 5
+enums["MAV_MISSION_RESULT"][5] = EnumEntry("MAV_MISSION_INVALID", """""")
+MAV_MISSION_INVALID_PARAM1 = 6
+enums["MAV_MISSION_RESULT"][6] = EnumEntry("MAV_MISSION_INVALID_PARAM1", """""")
+MAV_MISSION_INVALID_PARAM2 = 7
+enums["MAV_MISSION_RESULT"][7] = EnumEntry("MAV_MISSION_INVALID_PARAM2", """""")
+MAV_MISSION_INVALID_PARAM3 = 8
+enums["MAV_MISSION_RESULT"][8] = EnumEntry("MAV_MISSION_INVALID_PARAM3", """""")
+MAV_MISSION_INVALID_PARAM4 = 9
+enums["MAV_MISSION_RESULT"][9] = EnumEntry("MAV_MISSION_INVALID_PARAM4", """""")
+MAV_MISSION_INVALID_PARAM5_X = 10
+enums["MAV_MISSION_RESULT"][10] = EnumEntry("MAV_MISSION_INVALID_PARAM5_X", """""")
+MAV_MISSION_INVALID_PARAM6_Y = 11
+enums["MAV_MISSION_RESULT"][11] = EnumEntry("MAV_MISSION_INVALID_PARAM6_Y", """""")
+MAV_MISSION_INVALID_PARAM7 = 12
+enums["MAV_MISSION_RESULT"][12] = EnumEntry("MAV_MISSION_INVALID_PARAM7", """""")
+MAV_MISSION_INVALID_SEQUENCE = 13
+enums["MAV_MISSION_RESULT"][13] = EnumEntry("MAV_MISSION_INVALID_SEQUENCE", """""")
+MAV_MISSION_DENIED = 14
+enums["MAV_MISSION_RESULT"][14] = EnumEntry("MAV_MISSION_DENIED", """""")
+MAV_MISSION_OPERATION_CANCELLED = 15
+enums["MAV_MISSION_RESULT"][15] = EnumEntry("MAV_MISSION_OPERATION_CANCELLED", """""")
+MAV_MISSION_RESULT_ENUM_END = 16
+enums["MAV_MISSION_RESULT"][16] = EnumEntry("MAV_MISSION_RESULT_ENUM_END", """""")
+
 # message IDs
 MAVLINK_MSG_ID_BAD_DATA = -1
 MAVLINK_MSG_ID_UNKNOWN = -2
@@ -1045,20 +1097,35 @@ MAVLINK_MSG_ID_RAW_IMU = 27
 MAVLINK_MSG_ID_ATTITUDE = 30
 MAVLINK_MSG_ID_LOCAL_POSITION_NED = 32
 MAVLINK_MSG_ID_SERVO_OUTPUT_RAW = 36
+MAVLINK_MSG_ID_MISSION_ITEM = 39
+MAVLINK_MSG_ID_MISSION_REQUEST = 40
+MAVLINK_MSG_ID_MISSION_SET_CURRENT = 41
+MAVLINK_MSG_ID_MISSION_CURRENT = 42
+MAVLINK_MSG_ID_MISSION_REQUEST_LIST = 43
+MAVLINK_MSG_ID_MISSION_COUNT = 44
+MAVLINK_MSG_ID_MISSION_ITEM_REACHED = 46
+MAVLINK_MSG_ID_MISSION_ACK = 47
+MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN = 49
+MAVLINK_MSG_ID_MISSION_REQUEST_INT = 51
 MAVLINK_MSG_ID_RC_CHANNELS = 65
 MAVLINK_MSG_ID_REQUEST_DATA_STREAM = 66
 MAVLINK_MSG_ID_MANUAL_CONTROL = 69
+MAVLINK_MSG_ID_MISSION_ITEM_INT = 73
 MAVLINK_MSG_ID_VFR_HUD = 74
 MAVLINK_MSG_ID_COMMAND_INT = 75
 MAVLINK_MSG_ID_COMMAND_LONG = 76
 MAVLINK_MSG_ID_COMMAND_ACK = 77
 MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED = 84
+MAVLINK_MSG_ID_POSITION_TARGET_LOCAL_NED = 85
+MAVLINK_MSG_ID_SET_POSITION_TARGET_GLOBAL_INT = 86
+MAVLINK_MSG_ID_POSITION_TARGET_GLOBAL_INT = 87
 MAVLINK_MSG_ID_TIMESYNC = 111
 MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET = 139
 MAVLINK_MSG_ID_ACTUATOR_CONTROL_TARGET = 140
 MAVLINK_MSG_ID_AUTOPILOT_VERSION = 148
 MAVLINK_MSG_ID_EKF_STATUS_REPORT = 193
 MAVLINK_MSG_ID_ESTIMATOR_STATUS = 230
+MAVLINK_MSG_ID_HOME_POSITION = 242
 MAVLINK_MSG_ID_EXTENDED_SYS_STATE = 245
 MAVLINK_MSG_ID_DEBUG_VECT = 250
 MAVLINK_MSG_ID_NAMED_VALUE_FLOAT = 251
@@ -1571,6 +1638,422 @@ class MAVLink_servo_output_raw_message(MAVLink_message):
 setattr(MAVLink_servo_output_raw_message, "name", mavlink_msg_deprecated_name_property())
 
 
+class MAVLink_mission_item_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_ITEM
+    msgname = "MISSION_ITEM"
+    fieldnames = ["target_system", "target_component", "seq", "frame", "command", "current", "autocontinue", "param1", "param2", "param3", "param4", "x", "y", "z", "mission_type"]
+    ordered_fieldnames = ["param1", "param2", "param3", "param4", "x", "y", "z", "seq", "command", "target_system", "target_component", "frame", "current", "autocontinue", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t", "uint8_t", "uint16_t", "uint8_t", "uint8_t", "float", "float", "float", "float", "float", "float", "float", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"frame": "MAV_FRAME", "command": "MAV_CMD", "mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<fffffffHHBBBBBB")
+    orders = [9, 10, 7, 11, 8, 12, 13, 0, 1, 2, 3, 4, 5, 6, 14]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 254
+    unpacker = struct.Struct("<fffffffHHBBBBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: float, y: float, z: float, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_item_message.id, MAVLink_mission_item_message.msgname)
+        self._fieldnames = MAVLink_mission_item_message.fieldnames
+        self._instance_field = MAVLink_mission_item_message.instance_field
+        self._instance_offset = MAVLink_mission_item_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.seq = seq
+        self.frame = frame
+        self.command = command
+        self.current = current
+        self.autocontinue = autocontinue
+        self.param1 = param1
+        self.param2 = param2
+        self.param3 = param3
+        self.param4 = param4
+        self.x = x
+        self.y = y
+        self.z = z
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.param1, self.param2, self.param3, self.param4, self.x, self.y, self.z, self.seq, self.command, self.target_system, self.target_component, self.frame, self.current, self.autocontinue, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_item_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_request_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_REQUEST
+    msgname = "MISSION_REQUEST"
+    fieldnames = ["target_system", "target_component", "seq", "mission_type"]
+    ordered_fieldnames = ["seq", "target_system", "target_component", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<HBBB")
+    orders = [1, 2, 0, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 230
+    unpacker = struct.Struct("<HBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, seq: int, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_request_message.id, MAVLink_mission_request_message.msgname)
+        self._fieldnames = MAVLink_mission_request_message.fieldnames
+        self._instance_field = MAVLink_mission_request_message.instance_field
+        self._instance_offset = MAVLink_mission_request_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.seq = seq
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.seq, self.target_system, self.target_component, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_request_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_set_current_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_SET_CURRENT
+    msgname = "MISSION_SET_CURRENT"
+    fieldnames = ["target_system", "target_component", "seq"]
+    ordered_fieldnames = ["seq", "target_system", "target_component"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<HBB")
+    orders = [1, 2, 0]
+    lengths = [1, 1, 1]
+    array_lengths = [0, 0, 0]
+    crc_extra = 28
+    unpacker = struct.Struct("<HBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, seq: int):
+        MAVLink_message.__init__(self, MAVLink_mission_set_current_message.id, MAVLink_mission_set_current_message.msgname)
+        self._fieldnames = MAVLink_mission_set_current_message.fieldnames
+        self._instance_field = MAVLink_mission_set_current_message.instance_field
+        self._instance_offset = MAVLink_mission_set_current_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.seq = seq
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.seq, self.target_system, self.target_component), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_set_current_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_current_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_CURRENT
+    msgname = "MISSION_CURRENT"
+    fieldnames = ["seq", "total", "mission_state", "mission_mode"]
+    ordered_fieldnames = ["seq", "total", "mission_state", "mission_mode"]
+    fieldtypes = ["uint16_t", "uint16_t", "uint8_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"mission_state": "MISSION_STATE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<HHBB")
+    orders = [0, 1, 2, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 28
+    unpacker = struct.Struct("<HHBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, seq: int, total: int = 0, mission_state: int = 0, mission_mode: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_current_message.id, MAVLink_mission_current_message.msgname)
+        self._fieldnames = MAVLink_mission_current_message.fieldnames
+        self._instance_field = MAVLink_mission_current_message.instance_field
+        self._instance_offset = MAVLink_mission_current_message.instance_offset
+        self.seq = seq
+        self.total = total
+        self.mission_state = mission_state
+        self.mission_mode = mission_mode
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.seq, self.total, self.mission_state, self.mission_mode), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_current_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_request_list_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_REQUEST_LIST
+    msgname = "MISSION_REQUEST_LIST"
+    fieldnames = ["target_system", "target_component", "mission_type"]
+    ordered_fieldnames = ["target_system", "target_component", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<BBB")
+    orders = [0, 1, 2]
+    lengths = [1, 1, 1]
+    array_lengths = [0, 0, 0]
+    crc_extra = 132
+    unpacker = struct.Struct("<BBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_request_list_message.id, MAVLink_mission_request_list_message.msgname)
+        self._fieldnames = MAVLink_mission_request_list_message.fieldnames
+        self._instance_field = MAVLink_mission_request_list_message.instance_field
+        self._instance_offset = MAVLink_mission_request_list_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.target_system, self.target_component, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_request_list_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_count_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_COUNT
+    msgname = "MISSION_COUNT"
+    fieldnames = ["target_system", "target_component", "count", "mission_type"]
+    ordered_fieldnames = ["count", "target_system", "target_component", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<HBBB")
+    orders = [1, 2, 0, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 221
+    unpacker = struct.Struct("<HBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, count: int, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_count_message.id, MAVLink_mission_count_message.msgname)
+        self._fieldnames = MAVLink_mission_count_message.fieldnames
+        self._instance_field = MAVLink_mission_count_message.instance_field
+        self._instance_offset = MAVLink_mission_count_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.count = count
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.count, self.target_system, self.target_component, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_count_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_item_reached_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_ITEM_REACHED
+    msgname = "MISSION_ITEM_REACHED"
+    fieldnames = ["seq"]
+    ordered_fieldnames = ["seq"]
+    fieldtypes = ["uint16_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<H")
+    orders = [0]
+    lengths = [1]
+    array_lengths = [0]
+    crc_extra = 11
+    unpacker = struct.Struct("<H")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, seq: int):
+        MAVLink_message.__init__(self, MAVLink_mission_item_reached_message.id, MAVLink_mission_item_reached_message.msgname)
+        self._fieldnames = MAVLink_mission_item_reached_message.fieldnames
+        self._instance_field = MAVLink_mission_item_reached_message.instance_field
+        self._instance_offset = MAVLink_mission_item_reached_message.instance_offset
+        self.seq = seq
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.seq), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_item_reached_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_ack_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_ACK
+    msgname = "MISSION_ACK"
+    fieldnames = ["target_system", "target_component", "type", "mission_type"]
+    ordered_fieldnames = ["target_system", "target_component", "type", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint8_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"type": "MAV_MISSION_RESULT", "mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<BBBB")
+    orders = [0, 1, 2, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 153
+    unpacker = struct.Struct("<BBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, type: int, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_ack_message.id, MAVLink_mission_ack_message.msgname)
+        self._fieldnames = MAVLink_mission_ack_message.fieldnames
+        self._instance_field = MAVLink_mission_ack_message.instance_field
+        self._instance_offset = MAVLink_mission_ack_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.type = type
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.target_system, self.target_component, self.type, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_ack_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_gps_global_origin_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN
+    msgname = "GPS_GLOBAL_ORIGIN"
+    fieldnames = ["latitude", "longitude", "altitude", "time_usec"]
+    ordered_fieldnames = ["latitude", "longitude", "altitude", "time_usec"]
+    fieldtypes = ["int32_t", "int32_t", "int32_t", "uint64_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"latitude": "degE7", "longitude": "degE7", "altitude": "mm", "time_usec": "us"}
+    native_format = bytearray(b"<iiiQ")
+    orders = [0, 1, 2, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 39
+    unpacker = struct.Struct("<iiiQ")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, latitude: int, longitude: int, altitude: int, time_usec: int = 0):
+        MAVLink_message.__init__(self, MAVLink_gps_global_origin_message.id, MAVLink_gps_global_origin_message.msgname)
+        self._fieldnames = MAVLink_gps_global_origin_message.fieldnames
+        self._instance_field = MAVLink_gps_global_origin_message.instance_field
+        self._instance_offset = MAVLink_gps_global_origin_message.instance_offset
+        self.latitude = latitude
+        self.longitude = longitude
+        self.altitude = altitude
+        self.time_usec = time_usec
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.latitude, self.longitude, self.altitude, self.time_usec), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_gps_global_origin_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_request_int_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_REQUEST_INT
+    msgname = "MISSION_REQUEST_INT"
+    fieldnames = ["target_system", "target_component", "seq", "mission_type"]
+    ordered_fieldnames = ["seq", "target_system", "target_component", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<HBBB")
+    orders = [1, 2, 0, 3]
+    lengths = [1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0]
+    crc_extra = 196
+    unpacker = struct.Struct("<HBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, seq: int, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_request_int_message.id, MAVLink_mission_request_int_message.msgname)
+        self._fieldnames = MAVLink_mission_request_int_message.fieldnames
+        self._instance_field = MAVLink_mission_request_int_message.instance_field
+        self._instance_offset = MAVLink_mission_request_int_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.seq = seq
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.seq, self.target_system, self.target_component, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_request_int_message, "name", mavlink_msg_deprecated_name_property())
+
+
 class MAVLink_rc_channels_message(MAVLink_message):
     """
 
@@ -1722,6 +2205,58 @@ class MAVLink_manual_control_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_manual_control_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_mission_item_int_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_MISSION_ITEM_INT
+    msgname = "MISSION_ITEM_INT"
+    fieldnames = ["target_system", "target_component", "seq", "frame", "command", "current", "autocontinue", "param1", "param2", "param3", "param4", "x", "y", "z", "mission_type"]
+    ordered_fieldnames = ["param1", "param2", "param3", "param4", "x", "y", "z", "seq", "command", "target_system", "target_component", "frame", "current", "autocontinue", "mission_type"]
+    fieldtypes = ["uint8_t", "uint8_t", "uint16_t", "uint8_t", "uint16_t", "uint8_t", "uint8_t", "float", "float", "float", "float", "int32_t", "int32_t", "float", "uint8_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {"frame": "MAV_FRAME", "command": "MAV_CMD", "mission_type": "MAV_MISSION_TYPE"}
+    fieldunits_by_name: Dict[str, str] = {}
+    native_format = bytearray(b"<ffffiifHHBBBBBB")
+    orders = [9, 10, 7, 11, 8, 12, 13, 0, 1, 2, 3, 4, 5, 6, 14]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 38
+    unpacker = struct.Struct("<ffffiifHHBBBBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: int, y: int, z: float, mission_type: int = 0):
+        MAVLink_message.__init__(self, MAVLink_mission_item_int_message.id, MAVLink_mission_item_int_message.msgname)
+        self._fieldnames = MAVLink_mission_item_int_message.fieldnames
+        self._instance_field = MAVLink_mission_item_int_message.instance_field
+        self._instance_offset = MAVLink_mission_item_int_message.instance_offset
+        self.target_system = target_system
+        self.target_component = target_component
+        self.seq = seq
+        self.frame = frame
+        self.command = command
+        self.current = current
+        self.autocontinue = autocontinue
+        self.param1 = param1
+        self.param2 = param2
+        self.param3 = param3
+        self.param4 = param4
+        self.x = x
+        self.y = y
+        self.z = z
+        self.mission_type = mission_type
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.param1, self.param2, self.param3, self.param4, self.x, self.y, self.z, self.seq, self.command, self.target_system, self.target_component, self.frame, self.current, self.autocontinue, self.mission_type), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_mission_item_int_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_vfr_hud_message(MAVLink_message):
@@ -1959,6 +2494,161 @@ class MAVLink_set_position_target_local_ned_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_set_position_target_local_ned_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_position_target_local_ned_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_POSITION_TARGET_LOCAL_NED
+    msgname = "POSITION_TARGET_LOCAL_NED"
+    fieldnames = ["time_boot_ms", "coordinate_frame", "type_mask", "x", "y", "z", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate"]
+    ordered_fieldnames = ["time_boot_ms", "x", "y", "z", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate", "type_mask", "coordinate_frame"]
+    fieldtypes = ["uint32_t", "uint8_t", "uint16_t", "float", "float", "float", "float", "float", "float", "float", "float", "float", "float", "float"]
+    fielddisplays_by_name: Dict[str, str] = {"type_mask": "bitmask"}
+    fieldenums_by_name: Dict[str, str] = {"coordinate_frame": "MAV_FRAME", "type_mask": "POSITION_TARGET_TYPEMASK"}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "x": "m", "y": "m", "z": "m", "vx": "m/s", "vy": "m/s", "vz": "m/s", "afx": "m/s/s", "afy": "m/s/s", "afz": "m/s/s", "yaw": "rad", "yaw_rate": "rad/s"}
+    native_format = bytearray(b"<IfffffffffffHB")
+    orders = [0, 13, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 140
+    unpacker = struct.Struct("<IfffffffffffHB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, x: float, y: float, z: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float):
+        MAVLink_message.__init__(self, MAVLink_position_target_local_ned_message.id, MAVLink_position_target_local_ned_message.msgname)
+        self._fieldnames = MAVLink_position_target_local_ned_message.fieldnames
+        self._instance_field = MAVLink_position_target_local_ned_message.instance_field
+        self._instance_offset = MAVLink_position_target_local_ned_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.coordinate_frame = coordinate_frame
+        self.type_mask = type_mask
+        self.x = x
+        self.y = y
+        self.z = z
+        self.vx = vx
+        self.vy = vy
+        self.vz = vz
+        self.afx = afx
+        self.afy = afy
+        self.afz = afz
+        self.yaw = yaw
+        self.yaw_rate = yaw_rate
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.x, self.y, self.z, self.vx, self.vy, self.vz, self.afx, self.afy, self.afz, self.yaw, self.yaw_rate, self.type_mask, self.coordinate_frame), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_position_target_local_ned_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_set_position_target_global_int_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_SET_POSITION_TARGET_GLOBAL_INT
+    msgname = "SET_POSITION_TARGET_GLOBAL_INT"
+    fieldnames = ["time_boot_ms", "target_system", "target_component", "coordinate_frame", "type_mask", "lat_int", "lon_int", "alt", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate"]
+    ordered_fieldnames = ["time_boot_ms", "lat_int", "lon_int", "alt", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate", "type_mask", "target_system", "target_component", "coordinate_frame"]
+    fieldtypes = ["uint32_t", "uint8_t", "uint8_t", "uint8_t", "uint16_t", "int32_t", "int32_t", "float", "float", "float", "float", "float", "float", "float", "float", "float"]
+    fielddisplays_by_name: Dict[str, str] = {"type_mask": "bitmask"}
+    fieldenums_by_name: Dict[str, str] = {"coordinate_frame": "MAV_FRAME", "type_mask": "POSITION_TARGET_TYPEMASK"}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "lat_int": "degE7", "lon_int": "degE7", "alt": "m", "vx": "m/s", "vy": "m/s", "vz": "m/s", "afx": "m/s/s", "afy": "m/s/s", "afz": "m/s/s", "yaw": "rad", "yaw_rate": "rad/s"}
+    native_format = bytearray(b"<IiifffffffffHBBB")
+    orders = [0, 13, 14, 15, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 5
+    unpacker = struct.Struct("<IiifffffffffHBBB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, target_system: int, target_component: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float):
+        MAVLink_message.__init__(self, MAVLink_set_position_target_global_int_message.id, MAVLink_set_position_target_global_int_message.msgname)
+        self._fieldnames = MAVLink_set_position_target_global_int_message.fieldnames
+        self._instance_field = MAVLink_set_position_target_global_int_message.instance_field
+        self._instance_offset = MAVLink_set_position_target_global_int_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.target_system = target_system
+        self.target_component = target_component
+        self.coordinate_frame = coordinate_frame
+        self.type_mask = type_mask
+        self.lat_int = lat_int
+        self.lon_int = lon_int
+        self.alt = alt
+        self.vx = vx
+        self.vy = vy
+        self.vz = vz
+        self.afx = afx
+        self.afy = afy
+        self.afz = afz
+        self.yaw = yaw
+        self.yaw_rate = yaw_rate
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.lat_int, self.lon_int, self.alt, self.vx, self.vy, self.vz, self.afx, self.afy, self.afz, self.yaw, self.yaw_rate, self.type_mask, self.target_system, self.target_component, self.coordinate_frame), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_set_position_target_global_int_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_position_target_global_int_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_POSITION_TARGET_GLOBAL_INT
+    msgname = "POSITION_TARGET_GLOBAL_INT"
+    fieldnames = ["time_boot_ms", "coordinate_frame", "type_mask", "lat_int", "lon_int", "alt", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate"]
+    ordered_fieldnames = ["time_boot_ms", "lat_int", "lon_int", "alt", "vx", "vy", "vz", "afx", "afy", "afz", "yaw", "yaw_rate", "type_mask", "coordinate_frame"]
+    fieldtypes = ["uint32_t", "uint8_t", "uint16_t", "int32_t", "int32_t", "float", "float", "float", "float", "float", "float", "float", "float", "float"]
+    fielddisplays_by_name: Dict[str, str] = {"type_mask": "bitmask"}
+    fieldenums_by_name: Dict[str, str] = {"coordinate_frame": "MAV_FRAME", "type_mask": "POSITION_TARGET_TYPEMASK"}
+    fieldunits_by_name: Dict[str, str] = {"time_boot_ms": "ms", "lat_int": "degE7", "lon_int": "degE7", "alt": "m", "vx": "m/s", "vy": "m/s", "vz": "m/s", "afx": "m/s/s", "afy": "m/s/s", "afz": "m/s/s", "yaw": "rad", "yaw_rate": "rad/s"}
+    native_format = bytearray(b"<IiifffffffffHB")
+    orders = [0, 13, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+    lengths = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    crc_extra = 150
+    unpacker = struct.Struct("<IiifffffffffHB")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float):
+        MAVLink_message.__init__(self, MAVLink_position_target_global_int_message.id, MAVLink_position_target_global_int_message.msgname)
+        self._fieldnames = MAVLink_position_target_global_int_message.fieldnames
+        self._instance_field = MAVLink_position_target_global_int_message.instance_field
+        self._instance_offset = MAVLink_position_target_global_int_message.instance_offset
+        self.time_boot_ms = time_boot_ms
+        self.coordinate_frame = coordinate_frame
+        self.type_mask = type_mask
+        self.lat_int = lat_int
+        self.lon_int = lon_int
+        self.alt = alt
+        self.vx = vx
+        self.vy = vy
+        self.vz = vz
+        self.afx = afx
+        self.afy = afy
+        self.afz = afz
+        self.yaw = yaw
+        self.yaw_rate = yaw_rate
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.time_boot_ms, self.lat_int, self.lon_int, self.alt, self.vx, self.vy, self.vz, self.afx, self.afy, self.afz, self.yaw, self.yaw_rate, self.type_mask, self.coordinate_frame), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_position_target_global_int_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_timesync_message(MAVLink_message):
@@ -2220,6 +2910,54 @@ class MAVLink_estimator_status_message(MAVLink_message):
 # Define name on the class for backwards compatibility (it is now msgname).
 # Done with setattr to hide the class variable from mypy.
 setattr(MAVLink_estimator_status_message, "name", mavlink_msg_deprecated_name_property())
+
+
+class MAVLink_home_position_message(MAVLink_message):
+    """
+
+    """
+
+    id = MAVLINK_MSG_ID_HOME_POSITION
+    msgname = "HOME_POSITION"
+    fieldnames = ["latitude", "longitude", "altitude", "x", "y", "z", "q", "approach_x", "approach_y", "approach_z", "time_usec"]
+    ordered_fieldnames = ["latitude", "longitude", "altitude", "x", "y", "z", "q", "approach_x", "approach_y", "approach_z", "time_usec"]
+    fieldtypes = ["int32_t", "int32_t", "int32_t", "float", "float", "float", "float", "float", "float", "float", "uint64_t"]
+    fielddisplays_by_name: Dict[str, str] = {}
+    fieldenums_by_name: Dict[str, str] = {}
+    fieldunits_by_name: Dict[str, str] = {"latitude": "degE7", "longitude": "degE7", "altitude": "mm", "x": "m", "y": "m", "z": "m", "approach_x": "m", "approach_y": "m", "approach_z": "m", "time_usec": "us"}
+    native_format = bytearray(b"<iiifffffffQ")
+    orders = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    lengths = [1, 1, 1, 1, 1, 1, 4, 1, 1, 1, 1]
+    array_lengths = [0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]
+    crc_extra = 104
+    unpacker = struct.Struct("<iiifff4ffffQ")
+    instance_field = None
+    instance_offset = -1
+
+    def __init__(self, latitude: int, longitude: int, altitude: int, x: float, y: float, z: float, q: Sequence[float], approach_x: float, approach_y: float, approach_z: float, time_usec: int = 0):
+        MAVLink_message.__init__(self, MAVLink_home_position_message.id, MAVLink_home_position_message.msgname)
+        self._fieldnames = MAVLink_home_position_message.fieldnames
+        self._instance_field = MAVLink_home_position_message.instance_field
+        self._instance_offset = MAVLink_home_position_message.instance_offset
+        self.latitude = latitude
+        self.longitude = longitude
+        self.altitude = altitude
+        self.x = x
+        self.y = y
+        self.z = z
+        self.q = q
+        self.approach_x = approach_x
+        self.approach_y = approach_y
+        self.approach_z = approach_z
+        self.time_usec = time_usec
+
+    def pack(self, mav: "MAVLink", force_mavlink1: bool = False) -> bytes:
+        return self._pack(mav, self.crc_extra, self.unpacker.pack(self.latitude, self.longitude, self.altitude, self.x, self.y, self.z, self.q[0], self.q[1], self.q[2], self.q[3], self.approach_x, self.approach_y, self.approach_z, self.time_usec), force_mavlink1=force_mavlink1)
+
+
+# Define name on the class for backwards compatibility (it is now msgname).
+# Done with setattr to hide the class variable from mypy.
+setattr(MAVLink_home_position_message, "name", mavlink_msg_deprecated_name_property())
 
 
 class MAVLink_extended_sys_state_message(MAVLink_message):
@@ -2522,20 +3260,35 @@ mavlink_map: Dict[int, Type[MAVLink_message]] = {
     MAVLINK_MSG_ID_ATTITUDE: MAVLink_attitude_message,
     MAVLINK_MSG_ID_LOCAL_POSITION_NED: MAVLink_local_position_ned_message,
     MAVLINK_MSG_ID_SERVO_OUTPUT_RAW: MAVLink_servo_output_raw_message,
+    MAVLINK_MSG_ID_MISSION_ITEM: MAVLink_mission_item_message,
+    MAVLINK_MSG_ID_MISSION_REQUEST: MAVLink_mission_request_message,
+    MAVLINK_MSG_ID_MISSION_SET_CURRENT: MAVLink_mission_set_current_message,
+    MAVLINK_MSG_ID_MISSION_CURRENT: MAVLink_mission_current_message,
+    MAVLINK_MSG_ID_MISSION_REQUEST_LIST: MAVLink_mission_request_list_message,
+    MAVLINK_MSG_ID_MISSION_COUNT: MAVLink_mission_count_message,
+    MAVLINK_MSG_ID_MISSION_ITEM_REACHED: MAVLink_mission_item_reached_message,
+    MAVLINK_MSG_ID_MISSION_ACK: MAVLink_mission_ack_message,
+    MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN: MAVLink_gps_global_origin_message,
+    MAVLINK_MSG_ID_MISSION_REQUEST_INT: MAVLink_mission_request_int_message,
     MAVLINK_MSG_ID_RC_CHANNELS: MAVLink_rc_channels_message,
     MAVLINK_MSG_ID_REQUEST_DATA_STREAM: MAVLink_request_data_stream_message,
     MAVLINK_MSG_ID_MANUAL_CONTROL: MAVLink_manual_control_message,
+    MAVLINK_MSG_ID_MISSION_ITEM_INT: MAVLink_mission_item_int_message,
     MAVLINK_MSG_ID_VFR_HUD: MAVLink_vfr_hud_message,
     MAVLINK_MSG_ID_COMMAND_INT: MAVLink_command_int_message,
     MAVLINK_MSG_ID_COMMAND_LONG: MAVLink_command_long_message,
     MAVLINK_MSG_ID_COMMAND_ACK: MAVLink_command_ack_message,
     MAVLINK_MSG_ID_SET_POSITION_TARGET_LOCAL_NED: MAVLink_set_position_target_local_ned_message,
+    MAVLINK_MSG_ID_POSITION_TARGET_LOCAL_NED: MAVLink_position_target_local_ned_message,
+    MAVLINK_MSG_ID_SET_POSITION_TARGET_GLOBAL_INT: MAVLink_set_position_target_global_int_message,
+    MAVLINK_MSG_ID_POSITION_TARGET_GLOBAL_INT: MAVLink_position_target_global_int_message,
     MAVLINK_MSG_ID_TIMESYNC: MAVLink_timesync_message,
     MAVLINK_MSG_ID_SET_ACTUATOR_CONTROL_TARGET: MAVLink_set_actuator_control_target_message,
     MAVLINK_MSG_ID_ACTUATOR_CONTROL_TARGET: MAVLink_actuator_control_target_message,
     MAVLINK_MSG_ID_AUTOPILOT_VERSION: MAVLink_autopilot_version_message,
     MAVLINK_MSG_ID_EKF_STATUS_REPORT: MAVLink_ekf_status_report_message,
     MAVLINK_MSG_ID_ESTIMATOR_STATUS: MAVLink_estimator_status_message,
+    MAVLINK_MSG_ID_HOME_POSITION: MAVLink_home_position_message,
     MAVLINK_MSG_ID_EXTENDED_SYS_STATE: MAVLink_extended_sys_state_message,
     MAVLINK_MSG_ID_DEBUG_VECT: MAVLink_debug_vect_message,
     MAVLINK_MSG_ID_NAMED_VALUE_FLOAT: MAVLink_named_value_float_message,
@@ -3301,6 +4054,258 @@ class MAVLink(object):
         """
         self.send(self.servo_output_raw_encode(time_usec, port, servo1_raw, servo2_raw, servo3_raw, servo4_raw, servo5_raw, servo6_raw, servo7_raw, servo8_raw, servo9_raw, servo10_raw, servo11_raw, servo12_raw, servo13_raw, servo14_raw, servo15_raw, servo16_raw), force_mavlink1=force_mavlink1)
 
+    def mission_item_encode(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: float, y: float, z: float, mission_type: int = 0) -> MAVLink_mission_item_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        frame                     :  (type:uint8_t, values:MAV_FRAME)
+        command                   :  (type:uint16_t, values:MAV_CMD)
+        current                   :  (type:uint8_t)
+        autocontinue              :  (type:uint8_t)
+        param1                    :  (type:float)
+        param2                    :  (type:float)
+        param3                    :  (type:float)
+        param4                    :  (type:float)
+        x                         :  (type:float)
+        y                         :  (type:float)
+        z                         :  (type:float)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_item_message(target_system, target_component, seq, frame, command, current, autocontinue, param1, param2, param3, param4, x, y, z, mission_type)
+
+    def mission_item_send(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: float, y: float, z: float, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        frame                     :  (type:uint8_t, values:MAV_FRAME)
+        command                   :  (type:uint16_t, values:MAV_CMD)
+        current                   :  (type:uint8_t)
+        autocontinue              :  (type:uint8_t)
+        param1                    :  (type:float)
+        param2                    :  (type:float)
+        param3                    :  (type:float)
+        param4                    :  (type:float)
+        x                         :  (type:float)
+        y                         :  (type:float)
+        z                         :  (type:float)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_item_encode(target_system, target_component, seq, frame, command, current, autocontinue, param1, param2, param3, param4, x, y, z, mission_type), force_mavlink1=force_mavlink1)
+
+    def mission_request_encode(self, target_system: int, target_component: int, seq: int, mission_type: int = 0) -> MAVLink_mission_request_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_request_message(target_system, target_component, seq, mission_type)
+
+    def mission_request_send(self, target_system: int, target_component: int, seq: int, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_request_encode(target_system, target_component, seq, mission_type), force_mavlink1=force_mavlink1)
+
+    def mission_set_current_encode(self, target_system: int, target_component: int, seq: int) -> MAVLink_mission_set_current_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+
+        """
+        return MAVLink_mission_set_current_message(target_system, target_component, seq)
+
+    def mission_set_current_send(self, target_system: int, target_component: int, seq: int, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+
+        """
+        self.send(self.mission_set_current_encode(target_system, target_component, seq), force_mavlink1=force_mavlink1)
+
+    def mission_current_encode(self, seq: int, total: int = 0, mission_state: int = 0, mission_mode: int = 0) -> MAVLink_mission_current_message:
+        """
+        
+
+        seq                       :  (type:uint16_t)
+        total                     :  (type:uint16_t)
+        mission_state             :  (type:uint8_t, values:MISSION_STATE)
+        mission_mode              :  (type:uint8_t)
+
+        """
+        return MAVLink_mission_current_message(seq, total, mission_state, mission_mode)
+
+    def mission_current_send(self, seq: int, total: int = 0, mission_state: int = 0, mission_mode: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        seq                       :  (type:uint16_t)
+        total                     :  (type:uint16_t)
+        mission_state             :  (type:uint8_t, values:MISSION_STATE)
+        mission_mode              :  (type:uint8_t)
+
+        """
+        self.send(self.mission_current_encode(seq, total, mission_state, mission_mode), force_mavlink1=force_mavlink1)
+
+    def mission_request_list_encode(self, target_system: int, target_component: int, mission_type: int = 0) -> MAVLink_mission_request_list_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_request_list_message(target_system, target_component, mission_type)
+
+    def mission_request_list_send(self, target_system: int, target_component: int, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_request_list_encode(target_system, target_component, mission_type), force_mavlink1=force_mavlink1)
+
+    def mission_count_encode(self, target_system: int, target_component: int, count: int, mission_type: int = 0) -> MAVLink_mission_count_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        count                     :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_count_message(target_system, target_component, count, mission_type)
+
+    def mission_count_send(self, target_system: int, target_component: int, count: int, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        count                     :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_count_encode(target_system, target_component, count, mission_type), force_mavlink1=force_mavlink1)
+
+    def mission_item_reached_encode(self, seq: int) -> MAVLink_mission_item_reached_message:
+        """
+        
+
+        seq                       :  (type:uint16_t)
+
+        """
+        return MAVLink_mission_item_reached_message(seq)
+
+    def mission_item_reached_send(self, seq: int, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        seq                       :  (type:uint16_t)
+
+        """
+        self.send(self.mission_item_reached_encode(seq), force_mavlink1=force_mavlink1)
+
+    def mission_ack_encode(self, target_system: int, target_component: int, type: int, mission_type: int = 0) -> MAVLink_mission_ack_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        type                      :  (type:uint8_t, values:MAV_MISSION_RESULT)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_ack_message(target_system, target_component, type, mission_type)
+
+    def mission_ack_send(self, target_system: int, target_component: int, type: int, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        type                      :  (type:uint8_t, values:MAV_MISSION_RESULT)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_ack_encode(target_system, target_component, type, mission_type), force_mavlink1=force_mavlink1)
+
+    def gps_global_origin_encode(self, latitude: int, longitude: int, altitude: int, time_usec: int = 0) -> MAVLink_gps_global_origin_message:
+        """
+        
+
+        latitude                  :  [degE7] (type:int32_t)
+        longitude                 :  [degE7] (type:int32_t)
+        altitude                  :  [mm] (type:int32_t)
+        time_usec                 :  [us] (type:uint64_t)
+
+        """
+        return MAVLink_gps_global_origin_message(latitude, longitude, altitude, time_usec)
+
+    def gps_global_origin_send(self, latitude: int, longitude: int, altitude: int, time_usec: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        latitude                  :  [degE7] (type:int32_t)
+        longitude                 :  [degE7] (type:int32_t)
+        altitude                  :  [mm] (type:int32_t)
+        time_usec                 :  [us] (type:uint64_t)
+
+        """
+        self.send(self.gps_global_origin_encode(latitude, longitude, altitude, time_usec), force_mavlink1=force_mavlink1)
+
+    def mission_request_int_encode(self, target_system: int, target_component: int, seq: int, mission_type: int = 0) -> MAVLink_mission_request_int_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_request_int_message(target_system, target_component, seq, mission_type)
+
+    def mission_request_int_send(self, target_system: int, target_component: int, seq: int, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_request_int_encode(target_system, target_component, seq, mission_type), force_mavlink1=force_mavlink1)
+
     def rc_channels_encode(self, time_boot_ms: int, chancount: int, chan1_raw: int, chan2_raw: int, chan3_raw: int, chan4_raw: int, chan5_raw: int, chan6_raw: int, chan7_raw: int, chan8_raw: int, chan9_raw: int, chan10_raw: int, chan11_raw: int, chan12_raw: int, chan13_raw: int, chan14_raw: int, chan15_raw: int, chan16_raw: int, chan17_raw: int, chan18_raw: int, rssi: int) -> MAVLink_rc_channels_message:
         """
         
@@ -3432,6 +4437,52 @@ class MAVLink(object):
 
         """
         self.send(self.manual_control_encode(target, x, y, z, r, buttons, buttons2, enabled_extensions, s, t, aux1, aux2, aux3, aux4, aux5, aux6), force_mavlink1=force_mavlink1)
+
+    def mission_item_int_encode(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: int, y: int, z: float, mission_type: int = 0) -> MAVLink_mission_item_int_message:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        frame                     :  (type:uint8_t, values:MAV_FRAME)
+        command                   :  (type:uint16_t, values:MAV_CMD)
+        current                   :  (type:uint8_t)
+        autocontinue              :  (type:uint8_t)
+        param1                    :  (type:float)
+        param2                    :  (type:float)
+        param3                    :  (type:float)
+        param4                    :  (type:float)
+        x                         :  (type:int32_t)
+        y                         :  (type:int32_t)
+        z                         :  (type:float)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        return MAVLink_mission_item_int_message(target_system, target_component, seq, frame, command, current, autocontinue, param1, param2, param3, param4, x, y, z, mission_type)
+
+    def mission_item_int_send(self, target_system: int, target_component: int, seq: int, frame: int, command: int, current: int, autocontinue: int, param1: float, param2: float, param3: float, param4: float, x: int, y: int, z: float, mission_type: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        seq                       :  (type:uint16_t)
+        frame                     :  (type:uint8_t, values:MAV_FRAME)
+        command                   :  (type:uint16_t, values:MAV_CMD)
+        current                   :  (type:uint8_t)
+        autocontinue              :  (type:uint8_t)
+        param1                    :  (type:float)
+        param2                    :  (type:float)
+        param3                    :  (type:float)
+        param4                    :  (type:float)
+        x                         :  (type:int32_t)
+        y                         :  (type:int32_t)
+        z                         :  (type:float)
+        mission_type              :  (type:uint8_t, values:MAV_MISSION_TYPE)
+
+        """
+        self.send(self.mission_item_int_encode(target_system, target_component, seq, frame, command, current, autocontinue, param1, param2, param3, param4, x, y, z, mission_type), force_mavlink1=force_mavlink1)
 
     def vfr_hud_encode(self, airspeed: float, groundspeed: float, heading: int, throttle: int, alt: float, climb: float) -> MAVLink_vfr_hud_message:
         """
@@ -3617,6 +4668,142 @@ class MAVLink(object):
         """
         self.send(self.set_position_target_local_ned_encode(time_boot_ms, target_system, target_component, coordinate_frame, type_mask, x, y, z, vx, vy, vz, afx, afy, afz, yaw, yaw_rate), force_mavlink1=force_mavlink1)
 
+    def position_target_local_ned_encode(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, x: float, y: float, z: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float) -> MAVLink_position_target_local_ned_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        x                         :  [m] (type:float)
+        y                         :  [m] (type:float)
+        z                         :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        return MAVLink_position_target_local_ned_message(time_boot_ms, coordinate_frame, type_mask, x, y, z, vx, vy, vz, afx, afy, afz, yaw, yaw_rate)
+
+    def position_target_local_ned_send(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, x: float, y: float, z: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        x                         :  [m] (type:float)
+        y                         :  [m] (type:float)
+        z                         :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        self.send(self.position_target_local_ned_encode(time_boot_ms, coordinate_frame, type_mask, x, y, z, vx, vy, vz, afx, afy, afz, yaw, yaw_rate), force_mavlink1=force_mavlink1)
+
+    def set_position_target_global_int_encode(self, time_boot_ms: int, target_system: int, target_component: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float) -> MAVLink_set_position_target_global_int_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        lat_int                   :  [degE7] (type:int32_t)
+        lon_int                   :  [degE7] (type:int32_t)
+        alt                       :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        return MAVLink_set_position_target_global_int_message(time_boot_ms, target_system, target_component, coordinate_frame, type_mask, lat_int, lon_int, alt, vx, vy, vz, afx, afy, afz, yaw, yaw_rate)
+
+    def set_position_target_global_int_send(self, time_boot_ms: int, target_system: int, target_component: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        target_system             :  (type:uint8_t)
+        target_component          :  (type:uint8_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        lat_int                   :  [degE7] (type:int32_t)
+        lon_int                   :  [degE7] (type:int32_t)
+        alt                       :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        self.send(self.set_position_target_global_int_encode(time_boot_ms, target_system, target_component, coordinate_frame, type_mask, lat_int, lon_int, alt, vx, vy, vz, afx, afy, afz, yaw, yaw_rate), force_mavlink1=force_mavlink1)
+
+    def position_target_global_int_encode(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float) -> MAVLink_position_target_global_int_message:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        lat_int                   :  [degE7] (type:int32_t)
+        lon_int                   :  [degE7] (type:int32_t)
+        alt                       :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        return MAVLink_position_target_global_int_message(time_boot_ms, coordinate_frame, type_mask, lat_int, lon_int, alt, vx, vy, vz, afx, afy, afz, yaw, yaw_rate)
+
+    def position_target_global_int_send(self, time_boot_ms: int, coordinate_frame: int, type_mask: int, lat_int: int, lon_int: int, alt: float, vx: float, vy: float, vz: float, afx: float, afy: float, afz: float, yaw: float, yaw_rate: float, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        time_boot_ms              :  [ms] (type:uint32_t)
+        coordinate_frame          :  (type:uint8_t, values:MAV_FRAME)
+        type_mask                 :  (type:uint16_t, values:POSITION_TARGET_TYPEMASK)
+        lat_int                   :  [degE7] (type:int32_t)
+        lon_int                   :  [degE7] (type:int32_t)
+        alt                       :  [m] (type:float)
+        vx                        :  [m/s] (type:float)
+        vy                        :  [m/s] (type:float)
+        vz                        :  [m/s] (type:float)
+        afx                       :  [m/s/s] (type:float)
+        afy                       :  [m/s/s] (type:float)
+        afz                       :  [m/s/s] (type:float)
+        yaw                       :  [rad] (type:float)
+        yaw_rate                  :  [rad/s] (type:float)
+
+        """
+        self.send(self.position_target_global_int_encode(time_boot_ms, coordinate_frame, type_mask, lat_int, lon_int, alt, vx, vy, vz, afx, afy, afz, yaw, yaw_rate), force_mavlink1=force_mavlink1)
+
     def timesync_encode(self, tc1: int, ts1: int) -> MAVLink_timesync_message:
         """
         
@@ -3790,6 +4977,44 @@ class MAVLink(object):
 
         """
         self.send(self.estimator_status_encode(time_usec, flags, vel_ratio, pos_horiz_ratio, pos_vert_ratio, mag_ratio, hagl_ratio, tas_ratio, pos_horiz_accuracy, pos_vert_accuracy), force_mavlink1=force_mavlink1)
+
+    def home_position_encode(self, latitude: int, longitude: int, altitude: int, x: float, y: float, z: float, q: Sequence[float], approach_x: float, approach_y: float, approach_z: float, time_usec: int = 0) -> MAVLink_home_position_message:
+        """
+        
+
+        latitude                  :  [degE7] (type:int32_t)
+        longitude                 :  [degE7] (type:int32_t)
+        altitude                  :  [mm] (type:int32_t)
+        x                         :  [m] (type:float)
+        y                         :  [m] (type:float)
+        z                         :  [m] (type:float)
+        q                         :  (type:float)
+        approach_x                :  [m] (type:float)
+        approach_y                :  [m] (type:float)
+        approach_z                :  [m] (type:float)
+        time_usec                 :  [us] (type:uint64_t)
+
+        """
+        return MAVLink_home_position_message(latitude, longitude, altitude, x, y, z, q, approach_x, approach_y, approach_z, time_usec)
+
+    def home_position_send(self, latitude: int, longitude: int, altitude: int, x: float, y: float, z: float, q: Sequence[float], approach_x: float, approach_y: float, approach_z: float, time_usec: int = 0, force_mavlink1: bool = False) -> None:
+        """
+        
+
+        latitude                  :  [degE7] (type:int32_t)
+        longitude                 :  [degE7] (type:int32_t)
+        altitude                  :  [mm] (type:int32_t)
+        x                         :  [m] (type:float)
+        y                         :  [m] (type:float)
+        z                         :  [m] (type:float)
+        q                         :  (type:float)
+        approach_x                :  [m] (type:float)
+        approach_y                :  [m] (type:float)
+        approach_z                :  [m] (type:float)
+        time_usec                 :  [us] (type:uint64_t)
+
+        """
+        self.send(self.home_position_encode(latitude, longitude, altitude, x, y, z, q, approach_x, approach_y, approach_z, time_usec), force_mavlink1=force_mavlink1)
 
     def extended_sys_state_encode(self, vtol_state: int, landed_state: int) -> MAVLink_extended_sys_state_message:
         """

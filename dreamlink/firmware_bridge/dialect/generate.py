@@ -52,6 +52,12 @@ MESSAGES = (
     "ACTUATOR_CONTROL_TARGET",
     # which vehicle a bundle learned (firmware_bridge/vehicle_id.py)
     "AUTOPILOT_VERSION",
+    # missions: the mission protocol (download/upload of MISSION and FENCE items), the origin the autopilot's
+    # local frame hangs from, progress as autopilots report it, and "go here" from a ground station's map
+    "MISSION_REQUEST_LIST", "MISSION_COUNT", "MISSION_REQUEST_INT", "MISSION_REQUEST", "MISSION_ITEM_INT",
+    "MISSION_ITEM", "MISSION_ACK", "MISSION_CURRENT", "MISSION_ITEM_REACHED",
+    "MISSION_SET_CURRENT", "HOME_POSITION", "GPS_GLOBAL_ORIGIN", "SET_POSITION_TARGET_GLOBAL_INT",
+    "POSITION_TARGET_GLOBAL_INT", "POSITION_TARGET_LOCAL_NED",
 )
 
 # Enums whose constants code uses (`mavlink.MAV_...`) or whose names it prints (`mavlink.enums[...]`);
@@ -60,6 +66,7 @@ ENUMS = (
     "MAV_AUTOPILOT", "MAV_TYPE", "MAV_STATE", "MAV_MODE_FLAG", "MAV_CMD", "MAV_RESULT", "MAV_FRAME",
     "MAV_SEVERITY", "MAV_LANDED_STATE", "MAV_VTOL_STATE", "MAV_SYS_STATUS_SENSOR", "MAV_DATA_STREAM",
     "POSITION_TARGET_TYPEMASK", "MAV_PARAM_TYPE", "EKF_STATUS_FLAGS", "ESTIMATOR_STATUS_FLAGS",
+    "MAV_MISSION_TYPE", "MAV_MISSION_RESULT",
 )
 
 # MAV_CMD, the one big enum (~200 commands, 7 parameters each): only the commands dreamlink sends or
