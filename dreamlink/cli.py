@@ -180,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         use_policy=not args.no_policy,
         connect_timeout_s=args.connect_timeout,
         strict_vehicle=args.strict_vehicle,
+        on_takeover=args.on_takeover,
         on_wait=_say,
         mission=MissionConfig(
             takeoff_altitude_m=args.altitude_m,
@@ -350,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "as it keeps sending heartbeats)")
     r.add_argument("--strict-vehicle", action="store_true",
                    help="refuse to fly a vehicle other than the one the bundle learned (default: warn)")
+    r.add_argument("--on-takeover", choices=["end", "wait"], default="end",
+                   help="a pilot or ground station switches the vehicle out of GUIDED/OFFBOARD: end the flight at "
+                        "once, leaving them the vehicle (default), or wait for them to choose GUIDED/OFFBOARD again; "
+                        "dreamlink never changes the mode back itself")
     r.add_argument("--no-policy", action="store_true",
                    help="ignore the bundle's distilled policy (no sampling prior, no policy fallback)")
     q = r.add_argument_group("multirotor mission (quad bundles): take off, figure-eight, land")

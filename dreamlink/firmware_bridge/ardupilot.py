@@ -146,10 +146,13 @@ class ArduPilotCopterProfile(AutopilotProfile):
 
     def hold(self) -> None:
         """BRAKE: the autopilot stops and holds where it is, whatever the runtime does."""
-        self.set_mode("BRAKE")
+        if not self._left_to_pilot("holding"):
+            self.set_mode("BRAKE")
 
     def land(self, timeout_s: float | None = None) -> None:
-        """LAND mode, then wait until ArduPilot disarmed itself on the ground."""
+        """LAND mode, then wait until ArduPilot disarmed itself on the ground (not if a pilot took the vehicle)."""
+        if self._left_to_pilot("landing"):
+            return
         self.set_mode("LAND")
         self._wait_until(lambda: not self._armed, self.config.land_timeout_s if timeout_s is None else timeout_s,
                          "touchdown and disarm")
@@ -158,6 +161,8 @@ class ArduPilotCopterProfile(AutopilotProfile):
     def failsafe(self) -> str:
         """Ask for the autopilot's own failsafe: the first of `failsafe_modes` it accepts. Returns its name;
         raises the last refusal if none was accepted."""
+        if self._left_to_pilot("asking for a failsafe mode"):
+            return "PILOT"
         error: Exception | None = None
         for name in self.config.failsafe_modes:
             try:

@@ -348,6 +348,11 @@ class AutopilotProfile:
         self._data_stream_fallback: set[int] = set()  # msg ids asked for with REQUEST_DATA_STREAM instead
         self._others: dict[tuple[int, int], str] = {}  # other components heard on this link -> what they are
         self._last_stream_warning = -math.inf
+        # Pilot takeover: once the vehicle is in the control mode on our request, a mode change we did not ask
+        # for means a pilot or ground station took the vehicle; from then on nothing from us commands it.
+        self._controlling = False
+        self._takeover: tuple[str, float] | None = None  # (the mode it was taken into, monotonic time)
+        self.takeovers = 0
         link.subscribe("LOCAL_POSITION_NED", self._on_local_position)
         link.subscribe("EKF_STATUS_REPORT", self._on_ekf_status_report)
         link.subscribe("ESTIMATOR_STATUS", self._on_estimator_status)
@@ -406,8 +411,16 @@ class AutopilotProfile:
                     self._others[src] = entry.name if entry is not None else f"MAV_TYPE {msg.type}"
             return
         armed = bool(msg.base_mode & mavlink.MAV_MODE_FLAG_SAFETY_ARMED)
+        taken = False
         with self._cond:
             changed = (armed, msg.custom_mode) != (self._armed, self._custom_mode)
+            in_control = self.in_control_mode(int(msg.custom_mode))
+            if self._controlling and not in_control:
+                self._controlling, self._takeover, taken = False, (self.mode_name(int(msg.custom_mode)), recv_s), True
+                self.takeovers += 1
+            elif self._takeover is not None and in_control and armed:
+                self._takeover, self._controlling = None, True  # handed back: the pilot chose our mode again
+                log.warning("%s %s is back in %s: control handed back", self.FAMILY, self._target, self.CONTROL_MODE)
             self._armed, self._custom_mode = armed, int(msg.custom_mode)
             self._system_status, self._heartbeat_autopilot = int(msg.system_status), int(msg.autopilot)
             self._heartbeat_recv_s = recv_s
@@ -415,6 +428,40 @@ class AutopilotProfile:
         if changed:
             log.info("%s %d/%d: %s, %s", self.FAMILY, msg.get_srcSystem(), msg.get_srcComponent(),
                      self.mode_name(int(msg.custom_mode)), "armed" if armed else "disarmed")
+        if taken:
+            self._on_takeover()
+            log.warning("%s %s: taken over (now in %s, not %s by our request); dreamlink stops commanding and "
+                        "will not change the mode", self.FAMILY, self._target, self.mode_name(int(msg.custom_mode)),
+                        self.CONTROL_MODE)
+
+    # -- pilot takeover ----------------------------------------------------------------------------
+
+    def _on_takeover(self) -> None:
+        """Subclasses stop whatever keeps commanding in the background (PX4's setpoint stream)."""
+
+    def _claim_control(self) -> None:
+        """The vehicle is in the control mode at our request: a later mode change we do not make is a takeover."""
+        with self._cond:
+            self._controlling, self._takeover = True, None
+
+    def _left_to_pilot(self, doing: str) -> bool:
+        """True (and logged) if a pilot took the vehicle: then `doing` is not done."""
+        taken = self.taken_over
+        if taken is not None:
+            log.warning("%s %s was taken over (mode %s): not %s", self.FAMILY, self._target, taken[0], doing)
+        return taken is not None
+
+    def _yield_control(self) -> None:
+        """We are about to change the mode ourselves (land, hold, failsafe): not a takeover."""
+        with self._cond:
+            self._controlling = False
+
+    @property
+    def taken_over(self) -> tuple[str, float] | None:
+        """(the mode a pilot or ground station switched to, monotonic time) while they have the vehicle; None
+        while dreamlink has it (or never had it)."""
+        with self._cond:
+            return self._takeover
 
     def _on_extended_sys_state(self, msg: Any, recv_s: float) -> None:
         if self._from_autopilot(msg):
@@ -811,6 +858,8 @@ class AutopilotProfile:
         return position_hold_fields(pos, yaw, self._time_boot_ms())
 
     def _send_setpoint(self, fields: Mapping[str, Any]) -> None:
+        if self._takeover is not None:  # a pilot has the vehicle: not one more setpoint (read without the lock)
+            return
         self.link.mav.set_position_target_local_ned_send(target_system=self.config.target_system,
                                                           target_component=self.config.target_component, **fields)
 
@@ -840,6 +889,11 @@ class AutopilotProfile:
         and the PX4 log). The heartbeat check also catches an ACCEPTED number that matched no mode."""
         since = time.monotonic()
         doing = f"switching to {name}"
+        if self.taken_over is not None:
+            raise AutopilotError(f"{self.FAMILY} {self._target} was taken over (mode {self.taken_over[0]}): "
+                                 f"dreamlink does not change the mode a pilot chose ({doing} not sent)")
+        if name != self.CONTROL_MODE:
+            self._yield_control()
         self._command(mavlink.MAV_CMD_DO_SET_MODE, params, doing)
         deadline = since + self.config.command_timeout_s + self.config.mode_confirm_timeout_s
         with self._cond:
@@ -858,6 +912,8 @@ class AutopilotProfile:
                                          f"{self.mode} after {self.config.mode_confirm_timeout_s:.1f} s; is another "
                                          f"client or a failsafe changing modes?")
                 self._cond.wait(min(remaining, 0.05))
+        if name == self.CONTROL_MODE:
+            self._claim_control()
         log.info("%s %s in %s", self.FAMILY, self._target, name)
 
     def _wait_until(self, condition: Callable[[], bool], timeout_s: float, what: str,
@@ -963,6 +1019,11 @@ class AutopilotProfile:
 
         The landed state comes at 2 Hz and may lag a take-off, but both autopilots refuse a disarm in the air
         (unforced), so a refused disarm is followed by the landing."""
+        if self.taken_over is not None:
+            log.warning("release: %s %s was taken over (mode %s): left to the pilot, no mode change, no disarm",
+                        self.FAMILY, self._target, self.taken_over[0])
+            return
+        self._yield_control()
         try:
             if self.armed and not self.in_air:
                 try:

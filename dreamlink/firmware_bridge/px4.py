@@ -200,13 +200,20 @@ class Px4Profile(AutopilotProfile):
 
     def hold(self) -> None:
         """AUTO.LOITER ("Hold"); the stream goes on holding this position, ready for enter_control_mode()."""
+        if self._left_to_pilot("holding"):
+            return
         pos, _ = self._position_and_yaw()
         self._set_standing(position_hold_fields(pos, self.yaw_hold_rad, self._time_boot_ms()))
         self._start_stream()
         self.set_mode(PX4_MAIN_MODES["AUTO"], PX4_AUTO_SUB_MODES["LOITER"])
 
     def land(self, timeout_s: float | None = None) -> None:
-        """MAV_CMD_NAV_LAND at the current position, stop the stream, wait until PX4 disarmed on the ground."""
+        """MAV_CMD_NAV_LAND at the current position, stop the stream, wait until PX4 disarmed on the ground (not if
+        a pilot took the vehicle: then only the stream stops)."""
+        if self._left_to_pilot("landing"):
+            self.stop_stream()
+            return
+        self._yield_control()
         self._command(mavlink.MAV_CMD_NAV_LAND, _LAND_PARAMS, "landing")
         self.stop_stream()
         self._wait_until(lambda: not self._armed, self.config.land_timeout_s if timeout_s is None else timeout_s,
@@ -216,6 +223,10 @@ class Px4Profile(AutopilotProfile):
     def failsafe(self) -> str:
         """Ask for PX4's own failsafe: the first of `failsafe_modes` it accepts ("RTL", "LAND", "HOLD"). Returns
         its name; the stream stops once PX4 is in charge. Raises the last refusal if none was accepted."""
+        if self._left_to_pilot("asking for a failsafe mode"):
+            self.stop_stream()
+            return "PILOT"
+        self._yield_control()
         error: Exception | None = None
         for name in self.config.failsafe_modes:
             try:

@@ -60,6 +60,9 @@ class LoopConfig:
     max_plan_latency_s: float = 0.0  # 0: two control periods; a slower plan is not used
     disagreement_limit: float = float("inf")  # ensemble spread (state-range units) past which a plan is distrusted
     failsafe_after_s: float = 1.0  # stale telemetry this long: ask for the vehicle's own failsafe
+    # A pilot or ground station switched the vehicle out of the control mode: "end" the flight at once, or
+    # "wait" (planning nothing, sending nothing) until they hand it back by choosing the control mode again.
+    on_takeover: str = "end"
 
     @property
     def period_s(self) -> float:
@@ -83,9 +86,11 @@ class LoopCounters:
     shield_clipped: int = 0
     shield_nonfinite: int = 0
     shield_fenced: int = 0
+    shield_zoned: int = 0  # setpoints replaced because their lookahead entered a keep-out zone
     nonfinite_samples_total: int = 0  # samples left out of the weights because the model's future was not finite
     ticks_with_nonfinite: int = 0
     shield_changed_ticks: int = 0  # ticks whose sent action differs from the one asked for (clip, NaN, fence, slew)
+    takeover_ticks: int = 0  # ticks a pilot or ground station had the vehicle (nothing sent)
     fallbacks: dict[str, int] = field(default_factory=dict)
 
 
@@ -109,9 +114,11 @@ class LoopStats:
     shield_nonfinite: int
     shield_fenced: int
     fallbacks: dict[str, int]
+    shield_zoned: int = 0
     nonfinite_samples_total: int = 0
     ticks_with_nonfinite: int = 0
     shield_changed_ticks: int = 0
+    takeover_ticks: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,6 +155,8 @@ class ControlLoop:
         task = getattr(planner, "task", None)  # the policy's target on a fixed task
         self._fixed_target = np.asarray(task.target if task is not None else (), dtype=np.float32)
         self.stopped_by_estop = False
+        self.stopped_by_takeover = False
+        self._taken_mode: str | None = None  # the mode a pilot took the vehicle into, while they have it
         self._stale_since: float | None = None
         self._failsafe_request: threading.Thread | None = None
         # In lockstep the vehicle waits for us: a slow plan is late on the wall clock only, so it is counted
@@ -190,6 +199,11 @@ class ControlLoop:
         """One control tick at `now_s`; returns the action sent."""
         if self.estop is not None and self.estop.is_set():
             return self._emergency_stop(now_s)
+        taken = getattr(self.profile, "taken_over", None)
+        if taken is not None or self._taken_mode is not None:
+            action = self._takeover(now_s, taken)
+            if action is not None:
+                return action
         t_state, state, age_s = self.profile.state()
         if self._paced_by_vehicle:
             # Lockstep: staleness in vehicle time; wall-clock age only past a grace (a dead link, a dead SITL)
@@ -242,6 +256,7 @@ class ControlLoop:
         self.counters.shield_clipped += safe.clipped
         self.counters.shield_nonfinite += safe.nonfinite
         self.counters.shield_fenced += safe.fenced
+        self.counters.shield_zoned += safe.zoned
         if safe.clipped or safe.nonfinite or safe.fenced:
             self.counters.shield_changed_ticks += 1
         if self.recorder and (safe.nonfinite or safe.fenced):
@@ -316,6 +331,29 @@ class ControlLoop:
             request.join(timeout_s)
         return request is None or not request.is_alive()
 
+    def _takeover(self, now_s: float, taken: tuple[str, float] | None) -> np.ndarray | None:
+        """A pilot has the vehicle: record it once, send nothing; end the flight ("end") or idle until the control
+        mode is chosen again ("wait"), then plan afresh. None: control is back, tick as usual."""
+        if taken is None:  # handed back
+            if self.recorder:
+                self.recorder.event("handed_back", now_s, mode_was=self._taken_mode)
+            self._taken_mode, self.previous, self._last_sent = None, None, None
+            self._warm = self.planner.initial_plan()
+            return None
+        if self._taken_mode is None:
+            self._taken_mode = taken[0]
+            log.warning("taken over into %s: dreamlink stops commanding (%s)", taken[0],
+                        "ending the flight" if self.config.on_takeover == "end" else "waiting for the hand-back")
+            if self.recorder:
+                self.recorder.event("takeover", now_s, mode=taken[0], on_takeover=self.config.on_takeover)
+        if self.config.on_takeover == "end":
+            self.stopped_by_takeover = True
+        self.counters.takeover_ticks += 1
+        self.counters.ticks += 1
+        self._latency.append(float("nan"))
+        self._lateness.append(float("nan"))
+        return np.asarray(self.limits.hold_action, dtype=np.float32)
+
     def _emergency_stop(self, now_s: float) -> np.ndarray:
         """Motors safe now: the profile's e-stop (zero / force-disarm); the loop ends after this tick."""
         hold = np.asarray(self.limits.hold_action, dtype=np.float32)
@@ -341,7 +379,7 @@ class ControlLoop:
         paced_by_vehicle = self._paced_by_vehicle
         start = deadline = self.clock.now()
         while (ticks <= 0 or self.counters.ticks < ticks) and not (stop is not None and stop.is_set()):
-            if self.stopped_by_estop:
+            if self.stopped_by_estop or self.stopped_by_takeover:
                 break
             now = self.clock.now()
             self.tick(now, max(0.0, now - deadline))
@@ -387,7 +425,9 @@ class ControlLoop:
             shield_nonfinite=c.shield_nonfinite,
             shield_fenced=c.shield_fenced,
             fallbacks=dict(c.fallbacks),
+            shield_zoned=c.shield_zoned,
             nonfinite_samples_total=c.nonfinite_samples_total,
             ticks_with_nonfinite=c.ticks_with_nonfinite,
             shield_changed_ticks=c.shield_changed_ticks,
+            takeover_ticks=c.takeover_ticks,
         )

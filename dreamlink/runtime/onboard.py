@@ -86,6 +86,7 @@ class RunConfig:
     allowed_sources: tuple[tuple[int, int], ...] = ()  # (sysid, compid) whose commands are taken; () = any
     on_wait: Callable[[str], None] | None = None  # hears what the vehicle is awaited for (its estimator, ...)
     strict_vehicle: bool = False  # refuse to fly a vehicle other than the one the bundle learned (else warn)
+    on_takeover: str = "end"  # a pilot switched modes: "end" the flight (leaving them the vehicle) or "wait"
 
 
 
@@ -183,7 +184,8 @@ def fly(
             planner,
             limits,
             clock,
-            LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s, disagreement_limit=disagreement_limit),
+            LoopConfig(rate_hz=rate_hz, stale_limit_s=config.stale_limit_s, disagreement_limit=disagreement_limit,
+                       on_takeover=config.on_takeover),
             recorder,
             reference,
             estop=estop.triggered,
@@ -201,8 +203,14 @@ def fly(
         else:
             stats = loop.run(ticks, stop, on_tick)
         recorder.event("stats", clock.now(), **stats.to_dict())
+        taken = getattr(profile, "taken_over", None)
         if loop.stopped_by_estop:
             mission_info["estop_from"] = estop.source
+        elif taken is not None or loop.stopped_by_takeover:
+            # The pilot has it: no landing, no mode change, no disarm from here on (release() knows it too).
+            mission_info["taken_over"] = {"mode": taken[0] if taken else None, "ticks": stats.takeover_ticks,
+                                          "on_takeover": config.on_takeover}
+            recorder.event("left_to_pilot", clock.now(), mode=taken[0] if taken else None)
         elif spec.name == "quad" and config.mission.land:
             profile.land()
             recorder.event("landed", clock.now(), armed=profile.armed)
