@@ -1,0 +1,405 @@
+"""A mission's waypoints as the reference the planner tracks: position and velocity in local NED, a pure
+function of time.
+
+Which items fly: NAV_TAKEOFF (first), NAV_WAYPOINT (hold time param1, acceptance radius param2), NAV_LAND,
+NAV_RETURN_TO_LAUNCH and DO_CHANGE_SPEED. Anything else is refused with `MissionError` naming the item and the
+command (`check_items`), before anything is armed: a camera trigger or a servo skipped in silence is a mission
+flown wrong.
+
+The path (`MissionPath.from_items`):
+
+- t = 0 is hovering at the take-off point, straight above home at the NAV_TAKEOFF altitude (`takeoff_altitude_m`
+  when the mission has none): the autopilot's own take-off gets the vehicle there, as for the figure-eight.
+  NAV_TAKEOFF's latitude and longitude are ignored, as ArduPilot Copter does.
+- Each leg is a straight line flown rest to rest with a trapezoidal speed profile (acceleration
+  `max_accel_mps2`), at the mission's speed capped so that the vertical part stays within the climb and descent
+  limits. Position and velocity are continuous; acceleration steps.
+- At a waypoint without a hold time, and turning by at most `max_pass_turn_deg`, the next leg starts before the
+  previous one has stopped: the two profiles overlap, the corner is cut, and the overlap is as long as keeps the
+  path within the waypoint's acceptance radius (param2; 0 means `acceptance_radius_m`, 1 m: half the 2 m the
+  autopilots use by default, WPNAV_RADIUS / NAV_ACC_RAD, so a vehicle lagging its reference still counts as
+  there). On a straight line the speed does not dip at all. While two legs overlap the acceleration adds up,
+  to at most 2 sin(turn/2) times `max_accel_mps2`.
+- A waypoint with a hold time (param1, s), a sharper turn, and the point above a landing are stops: the vehicle
+  arrives at rest and (for a hold) stays there, velocity exactly 0.
+- DO_CHANGE_SPEED (param2 m/s; param1 0/1 ground speed, 2 climb, 3 descent limit) applies from the leg that
+  starts after it, as QGroundControl draws it.
+- NAV_LAND flies to above its point (the current position when its latitude and longitude are 0) at the current
+  altitude, stops, descends at the descent limit to `land_slow_altitude_m` and at `land_speed_mps` to the ground;
+  NAV_RETURN_TO_LAUNCH does the same above home (no climb to an RTL altitude first). Ground is home's altitude:
+  without a terrain model, nothing better is known. Either ends the mission; items after it are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dreamlink.firmware_bridge.mission_items import MissionItem
+from dreamlink.runtime.geo import LocalFrame, altitude_amsl_m, frame_problem
+from dreamlink.spec import VehicleSpec
+
+# MAV_CMD numbers (plain ints: runtime/ does not import pymavlink).
+MAV_CMD_NAV_WAYPOINT = 16
+MAV_CMD_NAV_RETURN_TO_LAUNCH = 20
+MAV_CMD_NAV_LAND = 21
+MAV_CMD_NAV_TAKEOFF = 22
+MAV_CMD_DO_CHANGE_SPEED = 178
+SUPPORTED_COMMANDS = (MAV_CMD_NAV_WAYPOINT, MAV_CMD_NAV_TAKEOFF, MAV_CMD_NAV_LAND, MAV_CMD_NAV_RETURN_TO_LAUNCH,
+                      MAV_CMD_DO_CHANGE_SPEED)
+
+# Names for the messages that refuse a mission: the commands ground stations commonly write.
+COMMAND_NAMES = {
+    16: "MAV_CMD_NAV_WAYPOINT", 17: "MAV_CMD_NAV_LOITER_UNLIM", 18: "MAV_CMD_NAV_LOITER_TURNS",
+    19: "MAV_CMD_NAV_LOITER_TIME", 20: "MAV_CMD_NAV_RETURN_TO_LAUNCH", 21: "MAV_CMD_NAV_LAND",
+    22: "MAV_CMD_NAV_TAKEOFF", 30: "MAV_CMD_NAV_CONTINUE_AND_CHANGE_ALT", 31: "MAV_CMD_NAV_LOITER_TO_ALT",
+    80: "MAV_CMD_NAV_ROI", 82: "MAV_CMD_NAV_SPLINE_WAYPOINT", 84: "MAV_CMD_NAV_VTOL_TAKEOFF",
+    85: "MAV_CMD_NAV_VTOL_LAND", 92: "MAV_CMD_NAV_GUIDED_ENABLE", 93: "MAV_CMD_NAV_DELAY",
+    94: "MAV_CMD_NAV_PAYLOAD_PLACE", 112: "MAV_CMD_CONDITION_DELAY", 113: "MAV_CMD_CONDITION_CHANGE_ALT",
+    114: "MAV_CMD_CONDITION_DISTANCE", 115: "MAV_CMD_CONDITION_YAW", 177: "MAV_CMD_DO_JUMP",
+    178: "MAV_CMD_DO_CHANGE_SPEED", 179: "MAV_CMD_DO_SET_HOME", 181: "MAV_CMD_DO_SET_RELAY",
+    182: "MAV_CMD_DO_REPEAT_RELAY", 183: "MAV_CMD_DO_SET_SERVO", 184: "MAV_CMD_DO_REPEAT_SERVO",
+    189: "MAV_CMD_DO_LAND_START", 195: "MAV_CMD_DO_SET_ROI_LOCATION", 197: "MAV_CMD_DO_SET_ROI_NONE",
+    201: "MAV_CMD_DO_SET_ROI", 202: "MAV_CMD_DO_DIGICAM_CONFIGURE", 203: "MAV_CMD_DO_DIGICAM_CONTROL",
+    204: "MAV_CMD_DO_MOUNT_CONFIGURE", 205: "MAV_CMD_DO_MOUNT_CONTROL", 206: "MAV_CMD_DO_SET_CAM_TRIGG_DIST",
+    207: "MAV_CMD_DO_FENCE_ENABLE", 208: "MAV_CMD_DO_PARACHUTE", 211: "MAV_CMD_DO_GRIPPER",
+    212: "MAV_CMD_DO_AUTOTUNE_ENABLE", 213: "MAV_CMD_NAV_SET_YAW_SPEED", 214: "MAV_CMD_DO_SET_CAM_TRIGG_INTERVAL",
+    222: "MAV_CMD_DO_GUIDED_LIMITS", 223: "MAV_CMD_DO_ENGINE_CONTROL", 1000: "MAV_CMD_DO_GIMBAL_MANAGER_PITCHYAW",
+    2000: "MAV_CMD_IMAGE_START_CAPTURE", 2001: "MAV_CMD_IMAGE_STOP_CAPTURE", 2500: "MAV_CMD_VIDEO_START_CAPTURE",
+    2501: "MAV_CMD_VIDEO_STOP_CAPTURE", 3000: "MAV_CMD_DO_VTOL_TRANSITION", 42600: "MAV_CMD_DO_WINCH",
+}
+
+SPEED_TYPE_CLIMB = 2  # DO_CHANGE_SPEED param1; 0 (airspeed) and 1 (ground speed) set the path speed
+SPEED_TYPE_DESCENT = 3
+
+
+class MissionError(ValueError):
+    """A mission that cannot be flown as written; the message names the item and what to change."""
+
+
+def command_name(command: int) -> str:
+    return f"{COMMAND_NAMES.get(command, 'unknown MAV_CMD')} ({command})"
+
+
+def _has_position(item: MissionItem) -> bool:
+    """Whether the item's x, y, z say where to go (and so its frame must be placeable)."""
+    if item.command in (MAV_CMD_NAV_WAYPOINT, MAV_CMD_NAV_TAKEOFF):
+        return True
+    return item.command == MAV_CMD_NAV_LAND and not (item.x == 0 and item.y == 0)
+
+
+def check_items(items: Sequence[MissionItem], source: str = "mission") -> None:
+    """Refuse, naming each one, the items dreamlink cannot fly: unsupported commands, positions in frames that
+    cannot be placed (terrain, local), missing coordinates. Every problem in one message, so one edit fixes all."""
+    problems, unsupported = [], False
+    for item in items:
+        name = command_name(item.command)
+        if item.command not in SUPPORTED_COMMANDS:
+            problems.append(f"item {item.seq}: {name} is not supported")
+            unsupported = True
+            continue
+        if not _has_position(item):
+            continue
+        problem = frame_problem(item.frame)
+        if problem is not None:
+            problems.append(f"item {item.seq}: {name} in {problem}")
+            continue
+        needed = (item.z,) if item.command == MAV_CMD_NAV_TAKEOFF else (item.x, item.y, item.z)
+        if not all(math.isfinite(v) for v in needed):
+            what = "altitude" if len(needed) == 1 else "position"
+            problems.append(f"item {item.seq}: {name} has no {what} (latitude {item.x}, longitude {item.y}, "
+                            f"altitude {item.z}; nan is a null in the file)")
+        elif len(needed) == 3 and not (-90.0 <= item.x <= 90.0 and -180.0 <= item.y <= 180.0):
+            problems.append(f"item {item.seq}: {name} at latitude {item.x}, longitude {item.y} is not on the earth")
+    if problems:
+        supported = ", ".join(command_name(c) for c in SUPPORTED_COMMANDS)
+        tail = f"; supported: {supported}" if unsupported else ""
+        raise MissionError(f"{source}: {'; '.join(problems)}{tail}. Nothing was flown; change these items in the "
+                           "ground station")
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    """How the path is flown between the waypoints. Vertical limits and the landing follow ArduPilot Copter's
+    defaults (WPNAV_SPEED_UP 2.5, WPNAV_SPEED_DN 1.5, LAND_SPEED 0.5 m/s; its LAND_ALT_LOW is 10 m, lower here
+    to keep landings short); acceleration is gentler than its WPNAV_ACCEL 2.5 m/s² for a learned model."""
+
+    max_accel_mps2: float = 1.5
+    max_climb_mps: float = 2.5
+    max_descent_mps: float = 1.5
+    land_speed_mps: float = 0.5
+    land_slow_altitude_m: float = 3.0
+    acceptance_radius_m: float = 1.0  # for waypoints whose param2 is 0
+    max_pass_turn_deg: float = 120.0  # sharper turns stop at the waypoint
+    max_speed_mps: float = 20.0  # a faster mission speed is refused (ArduPilot's WPNAV_SPEED maximum)
+    max_range_m: float = 2000.0  # a waypoint farther from home is refused: a plan made for another place
+
+    def __post_init__(self) -> None:
+        for name in ("max_accel_mps2", "max_climb_mps", "max_descent_mps", "land_speed_mps", "acceptance_radius_m",
+                     "max_speed_mps", "max_range_m"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"PathConfig.{name}: expected a finite number > 0, got {value!r}")
+        if not (0 <= self.land_slow_altitude_m < 1000):
+            raise ValueError(f"PathConfig.land_slow_altitude_m: expected metres >= 0, got {self.land_slow_altitude_m}")
+        if not (0 <= self.max_pass_turn_deg <= 180):
+            raise ValueError(f"PathConfig.max_pass_turn_deg: expected degrees in [0, 180], "
+                             f"got {self.max_pass_turn_deg}")
+
+
+@dataclass(frozen=True)
+class _Vertex:
+    ned_m: tuple[float, float, float]
+    seq: int  # the mission item it comes from
+    speed_mps: float  # of the leg that ends here (already within the vertical limits)
+    hold_s: float = 0.0
+    radius_m: float = 1.0
+    stop: bool = False
+
+
+def _corner_shape(cos_turn: float) -> tuple[float, float]:
+    """For two rest-to-rest legs overlapping by δ around a corner, the path's closest approach to the corner is
+    (a δ² / 2) * m at time λ δ into the overlap; returns (m, λ). Depends only on the turn."""
+    lam = np.linspace(0.0, 1.0, 2001)
+    p, q = (1.0 - lam) ** 2, lam**2  # distance still to go on the first leg, and gone on the second, / (a δ² / 2)
+    dist2 = p * p + q * q - 2.0 * cos_turn * p * q
+    i = int(np.argmin(dist2))
+    return math.sqrt(max(float(dist2[i]), 0.0)), float(lam[i])
+
+
+@dataclass(frozen=True, eq=False)
+class MissionPath:
+    """The reference through a mission's waypoints (see the module docstring); `position_velocity` as Figure8's.
+
+    `waypoints_ned` [W,3] are the path's vertices in the autopilot's local NED frame (the take-off point first,
+    then each waypoint, the points above a landing and the touchdown), `waypoint_seq` [W] the mission item each
+    comes from (0, home, for a take-off point the mission did not name), `arrival_s` [W] when the path is closest
+    to each (planned), `hold_s` [W] how long it stays, `acceptance_m` [W] how close it passes. Legs [K = W-1]:
+    `leg_start_s`, `leg_length_m`, `leg_speed_mps` (peak), `leg_unit` [K,3]."""
+
+    waypoints_ned: np.ndarray
+    waypoint_seq: tuple[int, ...]
+    arrival_s: np.ndarray
+    hold_s: np.ndarray
+    acceptance_m: np.ndarray
+    leg_start_s: np.ndarray
+    leg_length_m: np.ndarray
+    leg_speed_mps: np.ndarray
+    leg_unit: np.ndarray
+    max_accel_mps2: float
+    takeoff_altitude_m: float  # above home: what the autopilot's take-off climbs to before t = 0
+    _accel_s: np.ndarray = field(repr=False)  # time each leg accelerates (and decelerates)
+    _duration_s: np.ndarray = field(repr=False)  # of each leg
+
+    @property
+    def duration_s(self) -> float:
+        """From the take-off point to the end of the last hold (the touchdown, for a mission that lands)."""
+        return float(self.arrival_s[-1] + self.hold_s[-1])
+
+    @property
+    def start_ned(self) -> np.ndarray:
+        return self.waypoints_ned[0]
+
+    @staticmethod
+    def from_items(
+        items: Sequence[MissionItem],
+        frame: LocalFrame,
+        takeoff_altitude_m: float,
+        default_speed_mps: float,
+        home_ned: Sequence[float] | np.ndarray,
+        config: PathConfig | None = None,
+    ) -> MissionPath:
+        """The path through `items` (mission items, home excluded) in `frame`, the autopilot's local frame.
+
+        `home_ned` is home in that frame (HOME_POSITION): relative altitudes are above it, the take-off and RTL
+        are above it, and its altitude is the ground. `default_speed_mps` is the mission's speed until a
+        DO_CHANGE_SPEED (a QGC plan's hoverSpeed, or the user's); `takeoff_altitude_m` (above home) is used when
+        the mission has no NAV_TAKEOFF. Raises MissionError for a mission that cannot be flown."""
+        cfg = config or PathConfig()
+        check_items(items)
+        if not items:
+            raise MissionError("mission: no items to fly (a plan with only a geofence or rally points?)")
+        if not (math.isfinite(default_speed_mps) and 0 < default_speed_mps <= cfg.max_speed_mps):
+            raise MissionError(f"mission speed: expected (0, {cfg.max_speed_mps:g}] m/s, got {default_speed_mps!r}")
+        if not (math.isfinite(takeoff_altitude_m) and takeoff_altitude_m > 0):
+            raise MissionError(f"take-off altitude: expected metres above home > 0, got {takeoff_altitude_m!r}")
+        home = np.asarray(home_ned, dtype=np.float64).reshape(3)
+        home_alt_amsl_m = frame.origin_alt_m - float(home[2])
+        builder = _Builder(cfg, home, home_alt_amsl_m, frame, default_speed_mps, takeoff_altitude_m)
+        for item in items:
+            builder.add(item)
+        if not builder.vertices:
+            builder.start(float(home[2]) - takeoff_altitude_m, seq=0)
+        return _timed(builder.vertices, cfg, float(home[2]) - builder.vertices[0].ned_m[2])
+
+    def position_velocity(self, t_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """t_s [T] (s since the path's start) -> positions [T,3] (m, NED), velocities [T,3] (m/s); held at the
+        ends."""
+        t = np.asarray(t_s, dtype=np.float64)
+        a, length, peak = self.max_accel_mps2, self.leg_length_m, self.leg_speed_mps
+        ta, total = self._accel_s, self._duration_s
+        tau = np.clip(t[..., None] - self.leg_start_s, 0.0, total)  # [T,K] time into each leg
+        accelerating, cruising = tau < ta, tau <= total - ta
+        s = np.where(accelerating, 0.5 * a * tau**2,
+                     np.where(cruising, 0.5 * a * ta**2 + peak * (tau - ta), length - 0.5 * a * (total - tau) ** 2))
+        ds = np.where(accelerating, a * tau, np.where(cruising, peak, a * (total - tau)))
+        return self.waypoints_ned[0] + s @ self.leg_unit, ds @ self.leg_unit
+
+    def reference_window(
+        self, t_s: float, horizon: int, period_s: float, spec: VehicleSpec, start_s: float = 0.0
+    ) -> np.ndarray:
+        """The reference state for each of the next `horizon` steps after `t_s`: [H,S] float32, as
+        `mission.reference_window`: position and velocity from the path (path time = t_s - start_s), the rest 0."""
+        t = (t_s - start_s) + period_s * np.arange(1, horizon + 1)
+        pos, vel = self.position_velocity(t)
+        ref = np.zeros((horizon, spec.state_dim), dtype=np.float32)
+        for i, axis in enumerate("ned"):
+            ref[:, spec.state_index(f"pos_{axis}_m")] = pos[:, i]
+            ref[:, spec.state_index(f"vel_{axis}_mps")] = vel[:, i]
+        return ref
+
+
+class _Builder:
+    """Walks the items in order, turning each into path vertices; holds what carries between items (the speed,
+    the limits, whether the mission has ended). Used once, inside `MissionPath.from_items`."""
+
+    def __init__(self, cfg: PathConfig, home: np.ndarray, home_alt_amsl_m: float, frame: LocalFrame,
+                 speed_mps: float, takeoff_altitude_m: float) -> None:
+        self.cfg, self.home, self.home_alt_amsl_m, self.frame = cfg, home, home_alt_amsl_m, frame
+        self.takeoff_altitude_m = takeoff_altitude_m
+        self.speed_mps, self.climb_mps, self.descent_mps = speed_mps, cfg.max_climb_mps, cfg.max_descent_mps
+        self.vertices: list[_Vertex] = []
+        self.ended_by: MissionItem | None = None
+
+    def start(self, d_m: float, seq: int) -> None:
+        self.vertices.append(_Vertex((float(self.home[0]), float(self.home[1]), d_m), seq, self.speed_mps, stop=True))
+
+    def add(self, item: MissionItem) -> None:
+        name = command_name(item.command)
+        if self.ended_by is not None:
+            raise MissionError(f"item {item.seq}: {name} comes after item {self.ended_by.seq} "
+                               f"({command_name(self.ended_by.command)}) has ended the mission; remove it")
+        if item.command == MAV_CMD_DO_CHANGE_SPEED:
+            self._change_speed(item)
+            return
+        if item.command == MAV_CMD_NAV_TAKEOFF:
+            if self.vertices:
+                raise MissionError(f"item {item.seq}: {name} must be the first navigation item of the mission")
+            d_m = self._down_m(item)
+            if d_m >= float(self.home[2]):
+                raise MissionError(f"item {item.seq}: {name} to {float(self.home[2]) - d_m:.1f} m above home; "
+                                   "expected > 0")
+            self.start(d_m, item.seq)
+            return
+        if not self.vertices:  # no NAV_TAKEOFF: the runtime's own take-off altitude
+            self.start(float(self.home[2]) - self.takeoff_altitude_m, seq=0)
+        here = self.vertices[-1].ned_m
+        if item.command == MAV_CMD_NAV_WAYPOINT:
+            n_m, e_m = self._north_east_m(item, here)
+            radius_m = item.param2 if math.isfinite(item.param2) and item.param2 > 0 else self.cfg.acceptance_radius_m
+            hold_s = item.param1 if math.isfinite(item.param1) and item.param1 > 0 else 0.0
+            self._go((n_m, e_m, self._down_m(item)), item.seq, hold_s=hold_s, radius_m=radius_m)
+        elif item.command == MAV_CMD_NAV_LAND:
+            self._land(self._north_east_m(item, here), item)
+        elif item.command == MAV_CMD_NAV_RETURN_TO_LAUNCH:
+            self._land((float(self.home[0]), float(self.home[1])), item)
+
+    def _change_speed(self, item: MissionItem) -> None:
+        speed = item.param2
+        if not (math.isfinite(speed) and speed > 0):
+            return  # -1 (or 0): "no change", as the autopilots read it
+        if speed > self.cfg.max_speed_mps:
+            raise MissionError(f"item {item.seq}: {command_name(item.command)} to {speed:g} m/s is above "
+                               f"{self.cfg.max_speed_mps:g} m/s")
+        if item.param1 == SPEED_TYPE_CLIMB:
+            self.climb_mps = speed
+        elif item.param1 == SPEED_TYPE_DESCENT:
+            self.descent_mps = speed
+        else:
+            self.speed_mps = speed
+
+    def _down_m(self, item: MissionItem) -> float:
+        try:
+            return self.frame.origin_alt_m - altitude_amsl_m(item.z, item.frame, self.home_alt_amsl_m)
+        except ValueError as e:  # check_items has refused these already; kept for items built by hand
+            raise MissionError(f"item {item.seq}: {command_name(item.command)}: {e}") from None
+
+    def _north_east_m(self, item: MissionItem, here: tuple[float, float, float]) -> tuple[float, float]:
+        if item.x == 0 and item.y == 0:
+            return here[0], here[1]  # latitude and longitude 0: "where the vehicle is", as ArduPilot reads it
+        n_m, e_m, _ = self.frame.to_ned(item.x, item.y, 0.0)
+        range_m = math.hypot(n_m - self.home[0], e_m - self.home[1])
+        if range_m > self.cfg.max_range_m:
+            raise MissionError(f"item {item.seq}: {command_name(item.command)} at {item.x:.7f}, {item.y:.7f} is "
+                               f"{range_m / 1000:.1f} km from home (limit {self.cfg.max_range_m / 1000:g} km); "
+                               "was the mission planned for another place?")
+        return n_m, e_m
+
+    def _go(self, ned_m: tuple[float, float, float], seq: int, speed_mps: float | None = None, hold_s: float = 0.0,
+            radius_m: float | None = None, stop: bool = False) -> None:
+        here = np.asarray(self.vertices[-1].ned_m)
+        step = np.asarray(ned_m) - here
+        length = float(np.linalg.norm(step))
+        speed = self.speed_mps if speed_mps is None else speed_mps
+        if length > 0:
+            vertical = float(step[2]) / length  # > 0 descending
+            if vertical > 1e-9:
+                speed = min(speed, self.descent_mps / vertical)
+            elif vertical < -1e-9:
+                speed = min(speed, self.climb_mps / -vertical)
+        radius = self.cfg.acceptance_radius_m if radius_m is None else radius_m
+        self.vertices.append(_Vertex(ned_m, seq, speed, hold_s, radius, stop))
+
+    def _land(self, north_east_m: tuple[float, float], item: MissionItem) -> None:
+        ground_d = float(self.home[2])
+        cruise_d = self.vertices[-1].ned_m[2]
+        self._go((north_east_m[0], north_east_m[1], cruise_d), item.seq, stop=True)
+        slow_d = ground_d - self.cfg.land_slow_altitude_m
+        if cruise_d < slow_d:
+            self._go((north_east_m[0], north_east_m[1], slow_d), item.seq)
+        self._go((north_east_m[0], north_east_m[1], ground_d), item.seq,
+                 speed_mps=min(self.cfg.land_speed_mps, self.descent_mps), stop=True)
+        self.ended_by = item
+
+
+def _timed(vertices: list[_Vertex], cfg: PathConfig, takeoff_altitude_m: float) -> MissionPath:
+    """Place the legs in time: each rest to rest; the next one starts early where the corner may be cut."""
+    a = cfg.max_accel_mps2
+    pts = np.array([v.ned_m for v in vertices], dtype=np.float64).reshape(-1, 3)
+    steps = np.diff(pts, axis=0)
+    length = np.linalg.norm(steps, axis=1)
+    unit = np.divide(steps, length[:, None], out=np.zeros_like(steps), where=length[:, None] > 0)
+    speed = np.array([v.speed_mps for v in vertices[1:]], dtype=np.float64)
+    peak = np.minimum(speed, np.sqrt(a * length))  # a short leg never reaches the mission speed
+    accel_s = peak / a
+    duration = np.divide(length, peak, out=np.zeros_like(length), where=peak > 0) + accel_s
+    w = len(vertices)
+    arrival, start = np.zeros(w), np.zeros(max(w - 1, 0))
+    t_next = vertices[0].hold_s
+    max_turn_cos = math.cos(math.radians(cfg.max_pass_turn_deg))
+    for k in range(w - 1):
+        start[k] = t_next
+        end = t_next + duration[k]
+        v = vertices[k + 1]
+        last = k + 1 == w - 1
+        cos_turn = 1.0 if last else float(unit[k] @ unit[k + 1])
+        if last or v.stop or v.hold_s > 0 or length[k] == 0 or length[k + 1] == 0 or cos_turn < max_turn_cos:
+            arrival[k + 1] = end
+            t_next = end + v.hold_s
+            continue
+        miss, lam = _corner_shape(cos_turn)
+        overlap = min(accel_s[k], accel_s[k + 1])
+        if miss > 0:
+            overlap = min(overlap, math.sqrt(2.0 * v.radius_m / (a * miss)))
+        arrival[k + 1] = end - overlap + lam * overlap
+        t_next = end - overlap
+    arrays = dict(waypoints_ned=pts, arrival_s=arrival, hold_s=np.array([v.hold_s for v in vertices]),
+                  acceptance_m=np.array([v.radius_m for v in vertices]), leg_start_s=start, leg_length_m=length,
+                  leg_speed_mps=peak, leg_unit=unit, _accel_s=accel_s, _duration_s=duration)
+    for value in arrays.values():
+        value.setflags(write=False)
+    return MissionPath(waypoint_seq=tuple(v.seq for v in vertices), max_accel_mps2=a,
+                       takeoff_altitude_m=takeoff_altitude_m, **arrays)
