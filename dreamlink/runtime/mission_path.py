@@ -28,6 +28,14 @@ The path (`MissionPath.from_items`):
   altitude, stops, descends at the descent limit to `land_slow_altitude_m` and at `land_speed_mps` to the ground;
   NAV_RETURN_TO_LAUNCH does the same above home (no climb to an RTL altitude first). Ground is home's altitude:
   without a terrain model, nothing better is known. Either ends the mission; items after it are refused.
+- Keep-out zones (`keep_out`, polygons in north/east metres; a circle as `detour.circle_polygon`): each leg goes
+  around them at `clearance_m` (`detour.route_around`: the planner's ~1 s horizon cannot find the way around a
+  zone the reference runs through; it stalls at the border). The detour's corners are vertices of the path but not
+  waypoints: `waypoints_ned`, `waypoint_seq` and `arrival_s` name the mission's items only. Altitude changes
+  linearly with distance along the detour. A detour corner is cut like a waypoint's, with an acceptance radius of
+  clearance / 2: the legs keep the clearance and a cut strays at most its radius from them, so the reference never
+  comes closer than clearance / 2 to a zone. A waypoint's own (wider) radius is narrowed near a zone so the same
+  holds. A waypoint, take-off point or landing within the clearance of a zone is refused before anything flies.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dreamlink.firmware_bridge.mission_items import MissionItem
+from dreamlink.runtime.detour import KeepOutError, distance_to_zones, route_around
 from dreamlink.runtime.geo import LocalFrame, altitude_amsl_m, frame_problem
 from dreamlink.spec import VehicleSpec
 
@@ -158,6 +167,11 @@ class _Vertex:
     hold_s: float = 0.0
     radius_m: float = 1.0
     stop: bool = False
+    detour: bool = False  # a corner around a keep-out zone, not a waypoint
+    # Near keep-out zones (inf without): a cut that misses the legs by at most `cut_safe_m`, or that starts within
+    # `zone_margin_m` of the vertex (its distance to the nearest zone less clearance / 2), keeps clearance / 2.
+    cut_safe_m: float = math.inf
+    zone_margin_m: float = math.inf
 
 
 def _corner_shape(cos_turn: float) -> tuple[float, float]:
@@ -174,13 +188,16 @@ def _corner_shape(cos_turn: float) -> tuple[float, float]:
 class MissionPath:
     """The reference through a mission's waypoints (see the module docstring); `position_velocity` as Figure8's.
 
-    `waypoints_ned` [W,3] are the path's vertices in the autopilot's local NED frame (the take-off point first,
+    `waypoints_ned` [W,3] are the mission's points in the autopilot's local NED frame (the take-off point first,
     then each waypoint, the points above a landing and the touchdown), `waypoint_seq` [W] the mission item each
     comes from (0, home, for a take-off point the mission did not name), `arrival_s` [W] when the path is closest
-    to each (planned), `hold_s` [W] how long it stays, `acceptance_m` [W] how close it passes. Legs [K = W-1]:
-    `leg_start_s`, `leg_length_m`, `leg_speed_mps` (peak), `leg_unit` [K,3]."""
+    to each (planned), `hold_s` [W] how long it stays, `acceptance_m` [W] how close it passes. `path_ned` [P,3]
+    are the vertices of the legs: the waypoints and, between them, the corners of detours around keep-out zones
+    (P = W without zones in the way). Legs [K = P-1]: `leg_start_s`, `leg_length_m`, `leg_speed_mps` (peak),
+    `leg_unit` [K,3]."""
 
     waypoints_ned: np.ndarray
+    path_ned: np.ndarray
     waypoint_seq: tuple[int, ...]
     arrival_s: np.ndarray
     hold_s: np.ndarray
@@ -211,13 +228,17 @@ class MissionPath:
         default_speed_mps: float,
         home_ned: Sequence[float] | np.ndarray,
         config: PathConfig | None = None,
+        keep_out: Sequence[np.ndarray] = (),
+        clearance_m: float = 2.0,
     ) -> MissionPath:
         """The path through `items` (mission items, home excluded) in `frame`, the autopilot's local frame.
 
         `home_ned` is home in that frame (HOME_POSITION): relative altitudes are above it, the take-off and RTL
         are above it, and its altitude is the ground. `default_speed_mps` is the mission's speed until a
         DO_CHANGE_SPEED (a QGC plan's hoverSpeed, or the user's); `takeoff_altitude_m` (above home) is used when
-        the mission has no NAV_TAKEOFF. Raises MissionError for a mission that cannot be flown."""
+        the mission has no NAV_TAKEOFF. `keep_out` are the zones to go around (polygons [V,2], north/east m in
+        `frame`; a plan's exclusion fences), by `clearance_m`. Raises MissionError for a mission that cannot be
+        flown, a point within the clearance of a zone among them."""
         cfg = config or PathConfig()
         check_items(items)
         if not items:
@@ -226,9 +247,12 @@ class MissionPath:
             raise MissionError(f"mission speed: expected (0, {cfg.max_speed_mps:g}] m/s, got {default_speed_mps!r}")
         if not (math.isfinite(takeoff_altitude_m) and takeoff_altitude_m > 0):
             raise MissionError(f"take-off altitude: expected metres above home > 0, got {takeoff_altitude_m!r}")
+        if keep_out and not (math.isfinite(clearance_m) and clearance_m > 0):
+            raise MissionError(f"keep-out clearance: expected metres > 0, got {clearance_m!r}")
         home = np.asarray(home_ned, dtype=np.float64).reshape(3)
         home_alt_amsl_m = frame.origin_alt_m - float(home[2])
-        builder = _Builder(cfg, home, home_alt_amsl_m, frame, default_speed_mps, takeoff_altitude_m)
+        builder = _Builder(cfg, home, home_alt_amsl_m, frame, default_speed_mps, takeoff_altitude_m,
+                           tuple(np.asarray(zone, dtype=np.float64) for zone in keep_out), clearance_m)
         for item in items:
             builder.add(item)
         if not builder.vertices:
@@ -246,7 +270,7 @@ class MissionPath:
         s = np.where(accelerating, 0.5 * a * tau**2,
                      np.where(cruising, 0.5 * a * ta**2 + peak * (tau - ta), length - 0.5 * a * (total - tau) ** 2))
         ds = np.where(accelerating, a * tau, np.where(cruising, peak, a * (total - tau)))
-        return self.waypoints_ned[0] + s @ self.leg_unit, ds @ self.leg_unit
+        return self.path_ned[0] + s @ self.leg_unit, ds @ self.leg_unit
 
     def reference_window(
         self, t_s: float, horizon: int, period_s: float, spec: VehicleSpec, start_s: float = 0.0
@@ -267,18 +291,24 @@ class _Builder:
     the limits, whether the mission has ended). Used once, inside `MissionPath.from_items`."""
 
     def __init__(self, cfg: PathConfig, home: np.ndarray, home_alt_amsl_m: float, frame: LocalFrame,
-                 speed_mps: float, takeoff_altitude_m: float) -> None:
+                 speed_mps: float, takeoff_altitude_m: float, keep_out: tuple[np.ndarray, ...] = (),
+                 clearance_m: float = 2.0) -> None:
         self.cfg, self.home, self.home_alt_amsl_m, self.frame = cfg, home, home_alt_amsl_m, frame
         self.takeoff_altitude_m = takeoff_altitude_m
         self.speed_mps, self.climb_mps, self.descent_mps = speed_mps, cfg.max_climb_mps, cfg.max_descent_mps
+        self.keep_out, self.clearance_m = keep_out, clearance_m
+        self.names = {0: "the take-off point above home"}  # item seq -> how an error names it
         self.vertices: list[_Vertex] = []
         self.ended_by: MissionItem | None = None
 
     def start(self, d_m: float, seq: int) -> None:
-        self.vertices.append(_Vertex((float(self.home[0]), float(self.home[1]), d_m), seq, self.speed_mps, stop=True))
+        ned_m = (float(self.home[0]), float(self.home[1]), d_m)
+        self._route(ned_m, ned_m, seq, seq)  # refuses a take-off inside a keep-out zone
+        self.vertices.append(_Vertex(ned_m, seq, self.speed_mps, stop=True))
 
     def add(self, item: MissionItem) -> None:
         name = command_name(item.command)
+        self.names[item.seq] = f"item {item.seq}: {name}"
         if self.ended_by is not None:
             raise MissionError(f"item {item.seq}: {name} comes after item {self.ended_by.seq} "
                                f"({command_name(self.ended_by.command)}) has ended the mission; remove it")
@@ -340,18 +370,45 @@ class _Builder:
 
     def _go(self, ned_m: tuple[float, float, float], seq: int, speed_mps: float | None = None, hold_s: float = 0.0,
             radius_m: float | None = None, stop: bool = False) -> None:
-        here = np.asarray(self.vertices[-1].ned_m)
-        step = np.asarray(ned_m) - here
-        length = float(np.linalg.norm(step))
+        """A leg from the last vertex to `ned_m`, around the keep-out zones: detour corners, then the vertex."""
+        last = self.vertices[-1]
+        route = np.asarray(self._route(last.ned_m, ned_m, last.seq, seq))  # [R,2] north, east
+        along_m = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route, axis=0), axis=1))])
+        climb = along_m / along_m[-1] if along_m[-1] > 0 else np.zeros(len(route))
+        down_m = last.ned_m[2] + (ned_m[2] - last.ned_m[2]) * climb  # linear in distance along the detour
         speed = self.speed_mps if speed_mps is None else speed_mps
+        step = np.asarray(ned_m) - np.asarray(last.ned_m)
+        # every leg of a detour has the slope of the whole
+        length = float(np.linalg.norm(step)) if len(route) == 2 else math.hypot(float(along_m[-1]), float(step[2]))
         if length > 0:
             vertical = float(step[2]) / length  # > 0 descending
             if vertical > 1e-9:
                 speed = min(speed, self.descent_mps / vertical)
             elif vertical < -1e-9:
                 speed = min(speed, self.climb_mps / -vertical)
+        half_clearance_m = 0.5 * self.clearance_m
+        for k in range(1, len(route) - 1):
+            corner = (float(route[k, 0]), float(route[k, 1]), float(down_m[k]))
+            self.vertices.append(_Vertex(corner, seq, speed, radius_m=half_clearance_m, detour=True,
+                                         cut_safe_m=half_clearance_m))
         radius = self.cfg.acceptance_radius_m if radius_m is None else radius_m
-        self.vertices.append(_Vertex(ned_m, seq, speed, hold_s, radius, stop))
+        if self.keep_out:
+            margin_m = float(distance_to_zones(np.asarray(ned_m[:2]), self.keep_out)) - half_clearance_m
+            self.vertices.append(_Vertex(ned_m, seq, speed, hold_s, radius, stop, cut_safe_m=half_clearance_m,
+                                         zone_margin_m=margin_m))
+        else:
+            self.vertices.append(_Vertex(ned_m, seq, speed, hold_s, radius, stop))
+
+    def _route(self, from_ned: tuple[float, float, float], to_ned: tuple[float, float, float], from_seq: int,
+               to_seq: int) -> list[tuple[float, float]]:
+        if not self.keep_out:
+            return [from_ned[:2], to_ned[:2]]
+        try:
+            return route_around(from_ned[:2], to_ned[:2], self.keep_out, self.clearance_m,
+                                start_name=self.names.get(from_seq, f"item {from_seq}"),
+                                end_name=self.names.get(to_seq, f"item {to_seq}"))
+        except KeepOutError as e:
+            raise MissionError(f"{e}. Nothing was flown") from None
 
     def _land(self, north_east_m: tuple[float, float], item: MissionItem) -> None:
         ground_d = float(self.home[2])
@@ -394,12 +451,20 @@ def _timed(vertices: list[_Vertex], cfg: PathConfig, takeoff_altitude_m: float) 
         overlap = min(accel_s[k], accel_s[k + 1])
         if miss > 0:
             overlap = min(overlap, math.sqrt(2.0 * v.radius_m / (a * miss)))
+            if v.radius_m > v.cut_safe_m:
+                # The cut is a parabola inside the triangle of the corner and the two points where it leaves the
+                # legs, a δ² / 2 from the corner: it strays from the legs by at most its miss and from the corner
+                # by at most a δ² / 2. Either bound keeping clear of the zones will do.
+                overlap = min(overlap, max(math.sqrt(2.0 * v.cut_safe_m / (a * miss)),
+                                           math.sqrt(2.0 * max(v.zone_margin_m, 0.0) / a)))
         arrival[k + 1] = end - overlap + lam * overlap
         t_next = end - overlap
-    arrays = dict(waypoints_ned=pts, arrival_s=arrival, hold_s=np.array([v.hold_s for v in vertices]),
-                  acceptance_m=np.array([v.radius_m for v in vertices]), leg_start_s=start, leg_length_m=length,
-                  leg_speed_mps=peak, leg_unit=unit, _accel_s=accel_s, _duration_s=duration)
+    real = [i for i, v in enumerate(vertices) if not v.detour]
+    arrays = dict(waypoints_ned=pts[real], path_ned=pts, arrival_s=arrival[real],
+                  hold_s=np.array([vertices[i].hold_s for i in real]),
+                  acceptance_m=np.array([vertices[i].radius_m for i in real]), leg_start_s=start,
+                  leg_length_m=length, leg_speed_mps=peak, leg_unit=unit, _accel_s=accel_s, _duration_s=duration)
     for value in arrays.values():
         value.setflags(write=False)
-    return MissionPath(waypoint_seq=tuple(v.seq for v in vertices), max_accel_mps2=a,
+    return MissionPath(waypoint_seq=tuple(vertices[i].seq for i in real), max_accel_mps2=a,
                        takeoff_altitude_m=takeoff_altitude_m, **arrays)
