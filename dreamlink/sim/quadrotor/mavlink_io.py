@@ -13,11 +13,12 @@ Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and 
 - Streams, scheduled in vehicle time, at most one sample per 10 ms frame: LOCAL_POSITION_NED, ATTITUDE,
   ATTITUDE_QUATERNION, HIGHRES_IMU, ODOMETRY (PX4 only: ArduCopter has no ap_message for id 331 and answers
   DENIED with STATUSTEXT "No ap_message for mavlink id (331)", as in its log), SYS_STATUS, EXTENDED_SYS_STATE,
-  GLOBAL_POSITION_INT, POSITION_TARGET_LOCAL_NED, ATTITUDE_TARGET, SERVO_OUTPUT_RAW, HOME_POSITION.
+  GLOBAL_POSITION_INT, POSITION_TARGET_LOCAL_NED, ATTITUDE_TARGET, SERVO_OUTPUT_RAW, HOME_POSITION,
+  GPS_GLOBAL_ORIGIN (home is the local frame's origin: both at NED 0, 0, 0).
   "Default rate" (SET_MESSAGE_INTERVAL param2 = 0): 50 Hz for the five state messages, 2 Hz SYS_STATUS /
   EXTENDED_SYS_STATE, 5 Hz GLOBAL_POSITION_INT, 10 Hz the target echoes and SERVO_OUTPUT_RAW, 0.5 Hz
-  HOME_POSITION. PX4 streams its set from boot (like PX4's onboard link); ArduPilot sends only HEARTBEAT until
-  a client asks (SET_MESSAGE_INTERVAL or REQUEST_DATA_STREAM), exactly as its log shows, unless
+  HOME_POSITION and GPS_GLOBAL_ORIGIN. PX4 streams its set from boot (like PX4's onboard link); ArduPilot sends
+  only HEARTBEAT until a client asks (SET_MESSAGE_INTERVAL or REQUEST_DATA_STREAM), exactly as its log shows, unless
   `streams_at_boot`. param2 -1 stops a stream, > 0 is the interval in us (below 10 ms: every frame).
   Unstreamable ids: ArduPilot DENIED + STATUSTEXT, PX4 FAILED.
 - MAV_CMD_REQUEST_MESSAGE (512) sends one message (AUTOPILOT_VERSION, HOME_POSITION or any streamable one),
@@ -25,6 +26,7 @@ Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and 
   command the flavour does not know: MAV_RESULT_UNSUPPORTED. COMMAND_ACK goes to the sender's sysid/compid.
 - STATUSTEXT longer than 50 bytes goes out in MAVLink 2 chunks (same `id`, `chunk_seq` 0, 1, ...) as PX4
   does; PX4's texts end in a tab, as in its log. Reasons for a refused command precede its COMMAND_ACK.
+- The mission protocol (MISSION_*: mission, fence, rally points, up and down) is `mission_store.MissionStore`.
 - TIMESYNC with tc1 = 0 is answered with tc1 = vehicle time (ns), ts1 echoed (both autopilots do).
 - Telemetry carries the randomised sensor noise (one noisy estimate per frame, shared by all messages of that
   frame) and is held back by the randomised latency (vehicle time); HEARTBEAT, COMMAND_ACK and STATUSTEXT are
@@ -75,6 +77,7 @@ from dreamlink.sim.quadrotor.autopilot import (
     MAV_SEVERITY_INFO,
 )
 from dreamlink.sim.quadrotor.controller import ControlTarget
+from dreamlink.sim.quadrotor.mission_store import MISSION_MESSAGES, MissionStore
 from dreamlink.sim.quadrotor.params import MAV_PARAM_TYPE_REAL32, PARAM_REQUESTS, handle_param_message
 from dreamlink.sim.quadrotor.physics import GRAVITY_MPS2, euler_of, quat_multiply, quat_to_rotation
 from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
@@ -88,12 +91,13 @@ EARTH_RADIUS_M = 6378137.0
 MSG = {name: getattr(mavlink, f"MAVLINK_MSG_ID_{name}") for name in (
     "LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
     "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "POSITION_TARGET_LOCAL_NED", "ATTITUDE_TARGET",
-    "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT", "EKF_STATUS_REPORT", "ESTIMATOR_STATUS")}
+    "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT", "EKF_STATUS_REPORT", "ESTIMATOR_STATUS",
+    "GPS_GLOBAL_ORIGIN")}
 STATE_MESSAGES = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY")
 DEFAULT_RATE_HZ = {"LOCAL_POSITION_NED": 50.0, "ATTITUDE": 50.0, "ATTITUDE_QUATERNION": 50.0, "HIGHRES_IMU": 50.0,
                    "ODOMETRY": 50.0, "SYS_STATUS": 2.0, "EXTENDED_SYS_STATE": 2.0, "GLOBAL_POSITION_INT": 5.0,
                    "POSITION_TARGET_LOCAL_NED": 10.0, "ATTITUDE_TARGET": 10.0, "SERVO_OUTPUT_RAW": 10.0,
-                   "HOME_POSITION": 0.5, "EKF_STATUS_REPORT": 2.0, "ESTIMATOR_STATUS": 2.0}
+                   "HOME_POSITION": 0.5, "EKF_STATUS_REPORT": 2.0, "ESTIMATOR_STATUS": 2.0, "GPS_GLOBAL_ORIGIN": 0.5}
 BOOT_STREAMS = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
                 "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "HOME_POSITION")
 # ArduPilot's legacy stream groups (REQUEST_DATA_STREAM), reduced to the messages this SITL has
@@ -193,6 +197,7 @@ class MavlinkFace:
                     self.set_interval(name, 0)
         self._next_heartbeat_us = 0
         self._last_bad_warning = -math.inf
+        self.missions = MissionStore(self.flavour, self._mav, lambda: self._global(np.zeros(3)))  # mission_store.py
 
     # -- streams ------------------------------------------------------------------------------------------------
 
@@ -213,6 +218,7 @@ class MavlinkFace:
     def after_frame(self) -> None:
         """Send what is due at the current vehicle time: heartbeat, streams, texts, delayed telemetry."""
         now_us = self.vehicle.time_us
+        self.missions.poll()
         if now_us >= self._next_heartbeat_us:
             self.send_heartbeat()
             self._next_heartbeat_us = now_us + 1_000_000
@@ -363,9 +369,12 @@ class MavlinkFace:
             hdg = round(math.degrees(euler_of(e.q)[2]) % 360 * 100)
             m.global_position_int_send(ms, lat, lon, int(alt * 1000), round(-e.pos[2] * 1000),
                                        *(round(c * 100) for c in e.vel), hdg)
-        elif name == "HOME_POSITION":
+        elif name in ("HOME_POSITION", "GPS_GLOBAL_ORIGIN"):  # home is the local frame's origin here
             lat, lon, alt = self._global(np.zeros(3))
-            m.home_position_send(lat, lon, int(alt * 1000), 0.0, 0.0, 0.0, [1.0, 0.0, 0.0, 0.0], 0.0, 0.0, 0.0, us)
+            if name == "GPS_GLOBAL_ORIGIN":
+                m.gps_global_origin_send(lat, lon, round(alt * 1000), us)
+            else:
+                m.home_position_send(lat, lon, int(alt * 1000), 0.0, 0.0, 0.0, [1.0, 0.0, 0.0, 0.0], 0.0, 0.0, 0.0, us)
         elif name == "POSITION_TARGET_LOCAL_NED":
             self._send_position_target(ms, v.target)
         elif name == "ATTITUDE_TARGET":
@@ -490,6 +499,8 @@ class MavlinkFace:
                 self._request_data_stream(int(msg.req_stream_id), float(msg.req_message_rate), int(msg.start_stop))
         elif msg_type in PARAM_REQUESTS and getattr(ap, "params", None) is not None and self._for_me(msg):
             handle_param_message(msg_type, msg, ap.params, self._send_param_value)
+        elif msg_type in MISSION_MESSAGES and self._for_me(msg):
+            self.missions.handle(msg_type, msg)
 
     def _send_param_value(self, name: str, value: float, count: int, index: int) -> None:
         self._mav.param_value_send(name.encode("ascii"), value, MAV_PARAM_TYPE_REAL32, count, index)
