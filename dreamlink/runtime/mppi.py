@@ -10,7 +10,7 @@ warm start.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,6 +19,10 @@ import numpy as np
 from dreamlink.runtime.session import ModelSession
 from dreamlink.runtime.tasks import QuadraticTask, trajectory_cost
 from dreamlink.spec import VehicleSpec
+
+# An extra cost term over the imagined futures, added to the task's: (traj [K,H+1,S], samples [K,H,A]) -> [K].
+# Keep-out zones use it (`dreamlink.runtime.zones.ZoneCost`); the fused planner graph cannot call it.
+ExtraCost = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,9 @@ def nonfinite_to_inf(costs: np.ndarray, traj: np.ndarray) -> int:
 
 
 class MppiPlanner:
-    """Holds the session and the preallocated buffers; `plan()` is one planning step."""
+    """Holds the session and the preallocated buffers; `plan()` is one planning step.
+
+    `extra_cost` (also a settable attribute; None: the task alone) adds a cost term to every sample."""
 
     def __init__(
         self,
@@ -142,9 +148,11 @@ class MppiPlanner:
         task: QuadraticTask,
         config: MppiConfig,
         rng: np.random.Generator,
+        extra_cost: ExtraCost | None = None,
     ) -> None:
         task.check(spec)
         self.model, self.spec, self.task, self.config, self.rng = model, spec, task, config, rng
+        self.extra_cost = extra_cost
         K, H, A, S = config.samples, config.horizon, spec.action_dim, spec.state_dim
         self._low, self._high = spec.action_low, spec.action_high
         self._sigma = (config.noise_sigma * (self._high - self._low) / 2.0).astype(np.float32)  # [A]
@@ -188,6 +196,8 @@ class MppiPlanner:
         np.clip(self._samples, self._low, self._high, out=self._samples)
         self.rollout(state.astype(np.float32, copy=False), self._samples)
         costs = trajectory_cost(self.task, self._traj, self._samples, reference)  # [K]
+        if self.extra_cost is not None:
+            costs = costs + self.extra_cost(self._traj, self._samples)
         nonfinite = nonfinite_to_inf(costs, self._traj)
         w = mppi_weights(costs, self.config.temperature)
         actions = np.tensordot(w, self._samples, axes=1).astype(np.float32)  # [H,A]
