@@ -189,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             laps=args.laps,
             baseline=args.baseline,
             drift_window_s=args.drift_window_s,
+            source=args.mission,
         ),
     )
     stop = threading.Event()
@@ -366,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--drift-window-s", type=float, default=1.0,
                    help="offset-free tracking: estimate the position's drift from the velocity's integral over "
                         "this window and aim the plan against it (0: off)")
+    q.add_argument("--mission", default="", metavar="FILE|autopilot",
+                   help="fly a planned mission instead of the figure-eight: a QGroundControl .plan or a Mission "
+                        "Planner/MAVProxy .waypoints file, or 'autopilot' (the mission and fence stored in the flight "
+                        "controller); exclusion fences are kept out of; a ground station may send go-to, pause/resume, "
+                        "return and land to the companion (component 191)")
     q.add_argument("--baseline", action="store_true",
                    help="stream the reference as position setpoints to the autopilot instead of planning")
     r.set_defaults(func=cmd_run)

@@ -141,7 +141,7 @@ class PathConfig:
     max_descent_mps: float = 1.5
     land_speed_mps: float = 0.5
     land_slow_altitude_m: float = 3.0
-    acceptance_radius_m: float = 1.0  # for waypoints whose param2 is 0
+    acceptance_radius_m: float = 0.3  # for waypoints whose param2 is 0: corners are cut by at most this (goal 0.5 m)
     max_pass_turn_deg: float = 120.0  # sharper turns stop at the waypoint
     max_speed_mps: float = 20.0  # a faster mission speed is refused (ArduPilot's WPNAV_SPEED maximum)
     max_range_m: float = 2000.0  # a waypoint farther from home is refused: a plan made for another place

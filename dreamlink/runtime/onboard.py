@@ -18,22 +18,27 @@ import numpy as np
 
 from dreamlink.bundle import BundleError, load_bundle
 from dreamlink.firmware_bridge.autopilot import AutopilotProfile
-from dreamlink.firmware_bridge.ground_station import EstopListener
+from dreamlink.firmware_bridge.ground_station import EstopListener, MissionCommandListener, MissionReporter
 from dreamlink.firmware_bridge.link import Link, LinkConfig
+from dreamlink.firmware_bridge.mission_protocol import download as download_mission
+from dreamlink.firmware_bridge.mission_protocol import read_origin
 from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.firmware_bridge.vehicle_id import VehicleIdentity, compare_identity, read_vehicle_identity
 from dreamlink.runtime.budget import check_rate
 from dreamlink.runtime.clock import Clock, LockstepClock, MonotonicClock
 from dreamlink.runtime.fused import FusedPlanner
+from dreamlink.runtime.geo import LocalFrame
 from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
 from dreamlink.runtime.mission import DriftEstimator, Figure8, TableReference, reference_window, shift_for_drift
+from dreamlink.runtime.mission_flight import MissionRunner, load_mission
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
 from dreamlink.runtime.policy import PolicyPlanner, PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
 from dreamlink.runtime.session import ModelSession, SessionConfig
 from dreamlink.runtime.shield import Geofence, ShieldLimits
 from dreamlink.runtime.tasks import default_task
+from dreamlink.runtime.zones import ZoneCost
 from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,11 @@ class MissionConfig:
     fence_max_altitude_m: float = 20.0
     max_accel_mps2: float = 10.0  # slew limit on the velocity setpoints
     drift_window_s: float = 1.0  # offset-free tracking: position drift estimated over this window (0: off)
+    # A mission people planned instead of the figure-eight: a QGC .plan / .waypoints file, or "autopilot" (the
+    # mission and fence stored in the flight controller); flown at `speed_mps` unless the plan says otherwise.
+    source: str = ""
+    keep_out_margin_m: float = 1.0  # the shield keeps this far out of a keep-out zone
+    keep_out_clearance_m: float = 2.5  # the path is routed this far around a keep-out zone
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,8 @@ def fly(
     rng = np.random.default_rng(config.seed)
     planner: Any
     policy = PolicySession.from_bundle(bundle, config.session) if config.use_policy else None
+    # Keep-out zones are a cost term the fused graph cannot take: a mission plans with the numpy planner.
+    numpy_only = bool(config.mission.source)
     if not bundle.has("world_model"):
         # A policy alone: it is the controller, through the same loop, shield and recorder; no prior, no
         # policy fallback (it is what failed), nothing imagined.
@@ -133,12 +145,14 @@ def fly(
             else np.zeros(spec.state_dim)
         planner = PolicyPlanner(only, spec, np.asarray(target, np.float32))
         planner_cfg, policy = planner.config, None
-    elif bundle.has("planner"):
+    elif bundle.has("planner") and not numpy_only:
         # The bundle carries a fused planner graph: one session.run a tick (same MPPI, tested equal).
         planner = FusedPlanner.from_bundle(bundle, default_task(spec), rng, config.planner)
         planner_cfg = planner.config
     else:
         planner_cfg = config.planner or planner_config_for(bundle)
+        if bundle.has("planner") and config.planner is None:  # the settings the fused graph was packed with
+            planner_cfg = FusedPlanner.from_bundle(bundle, default_task(spec), rng).config
         session = ModelSession(bundle.path_of("world_model"), spec, config.session)
         planner = MppiPlanner(session, spec, default_task(spec), planner_cfg, rng)
     planner.plan(np.zeros(spec.state_dim, np.float32), planner.initial_plan(), 0.0)  # warm the session up
@@ -161,6 +175,7 @@ def fly(
         clock = LockstepClock(profile, **retry)
     first_command_s = float("nan")
     mission_info: dict[str, object] = {}
+    runner: MissionRunner | None = None
     try:
         if isinstance(profile, AutopilotProfile):
             profile.connect(timeout_s=config.connect_timeout_s, progress=config.on_wait)
@@ -168,7 +183,10 @@ def fly(
                                                     config.strict_vehicle, str(config.bundle))
         else:
             profile.connect(timeout_s=config.connect_timeout_s)
-        if spec.name == "quad":
+        if spec.name == "quad" and config.mission.source:
+            limits, reference, ticks, mission_info, runner = _take_off_on_mission(
+                profile, link, spec, config, planner_cfg.horizon, clock, planner)
+        elif spec.name == "quad":
             limits, reference, ticks, mission_info = _take_off(profile, spec, config, planner_cfg.horizon, clock)
         else:
             profile.arm()
@@ -200,6 +218,11 @@ def fly(
             on_ready()
         if config.mission.baseline and spec.name == "quad":
             stats = _fly_baseline(profile, spec, config, clock, recorder, ticks, mission_info, stop)
+        elif runner is not None:
+            stats = loop.run(ticks, _either(stop, runner.done), on_tick)
+            mission_info["mission"] = runner.report()
+            for e in runner.events:
+                recorder.event("ground_station", e["t_s"], **{k: v for k, v in e.items() if k != "t_s"})
         else:
             stats = loop.run(ticks, stop, on_tick)
         recorder.event("stats", clock.now(), **stats.to_dict())
@@ -292,6 +315,70 @@ def _take_off(
         "baseline": m.baseline, "autopilot": config.autopilot,
     }
     return limits, reference, ticks, info
+
+
+def _either(stop: threading.Event | None, done: threading.Event) -> threading.Event:
+    """One event the loop watches: set when the mission is done or when `stop` is (a watcher thread bridges it)."""
+    if stop is not None:
+        def bridge() -> None:
+            while not done.is_set():
+                if stop.wait(0.2):
+                    done.set()
+
+        threading.Thread(target=bridge, daemon=True, name="mission-stop").start()
+    return done
+
+
+def _take_off_on_mission(
+    profile: Any, link: Link, spec: VehicleSpec, config: RunConfig, horizon: int, clock: Clock, planner: Any,
+) -> tuple[ShieldLimits, Callable[[float], np.ndarray], int, dict[str, object], MissionRunner]:
+    """A planned mission: read it (and refuse what cannot fly) before arming, take off, settle at its start, then
+    the mission's reference, its keep-out zones in the planner's cost and the shield, the ground station heard."""
+    m = config.mission
+    target = (profile.config.target_system, profile.config.target_component)
+    origin = read_origin(link, *target, timeout_s=5.0)
+    frame = LocalFrame(origin.lat_deg, origin.lon_deg, origin.alt_m,
+                       projection="px4" if config.autopilot == "px4" else "ardupilot")
+    _, x, _ = profile.state()
+    home = np.array([float(x[spec.state_index(n)]) for n in ("pos_n_m", "pos_e_m", "pos_d_m")])
+    planned = load_mission(m.source, frame, home, m.takeoff_altitude_m, m.speed_mps, m.keep_out_margin_m,
+                           m.keep_out_clearance_m, download=lambda kind: download_mission(link, *target, kind),
+                           home_is_item0=config.autopilot == "ardupilot")
+    log.info("mission %s: %d items, %d keep-out zones, %.0f s planned (origin from %s)", planned.source,
+             len(planned.items), len(planned.zones.keep_out), planned.path.duration_s, origin.source)
+    profile.enter_control_mode()
+    profile.arm()
+    profile.takeoff(planned.path.takeoff_altitude_m)
+    start = tuple(map(float, planned.path.start_ned))
+    _settle(profile, spec, start, clock)  # type: ignore[arg-type]
+    if planned.zones.keep_out and hasattr(planner, "extra_cost"):
+        planner.extra_cost = ZoneCost(spec, planned.zones)
+    step = m.max_accel_mps2 * spec.control_period_s
+    limits = ShieldLimits.from_spec(spec, max_step_change=(step,) * spec.action_dim,
+                                    zones=planned.zones if planned.zones.keep_out else None)
+    reporter = MissionReporter(link, len(planned.items))
+    runner = MissionRunner(planned, spec, horizon, spec.control_period_s, clock.now(), profile.state, reporter)
+    MissionCommandListener(link, runner.decide, config.allowed_sources)
+    drift = DriftEstimator(spec, m.drift_window_s) if m.drift_window_s > 0 else None
+
+    def reference(t_s: float) -> np.ndarray:
+        ref = runner.reference(t_s)
+        if drift is None:
+            return ref
+        t_vehicle, x, _ = profile.state()
+        return shift_for_drift(ref, drift.update(t_vehicle, x), spec, spec.control_period_s)
+
+    period = spec.control_period_s
+    ticks = int((planned.path.duration_s + 600.0) / period)  # room for pauses and go-tos; the mission ends it
+    info: dict[str, object] = {
+        "path": "mission", "source": planned.source, "start_s": runner.start_s, "speed_mps": planned.speed_mps,
+        "origin": origin._asdict(), "home_ned_m": home.tolist(), "path_ned_m": planned.path.path_ned.tolist(),
+        "waypoints_ned_m": planned.path.waypoints_ned.tolist(), "keep_out_ne_m": [z.tolist() for z in
+                                                                                planned.keep_out_ne],
+        "duration_planned_s": planned.path.duration_s, "drift_window_s": m.drift_window_s,
+        "autopilot": config.autopilot, "baseline": m.baseline,
+    }
+    return limits, reference, ticks, info, runner
 
 
 def _settle(profile: Any, spec: VehicleSpec, centre: tuple[float, float, float], clock: Clock,
