@@ -204,6 +204,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.stopping()
         notifier.close()
     print_flight_report(result)
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    if summary.get("mission", {}).get("path") == "mission":
+        try:
+            from dreamlink.reports import load_ticks, plot_mission
+
+            png = plot_mission(load_ticks(result.out_dir / "ticks.npz"), summary["mission"],
+                               result.out_dir / "mission.png")
+            m = summary["mission"].get("mission", {})
+            print(f"  mission: {m.get('within_acceptance')} of {len(m.get('waypoints', []))} waypoints within their "
+                  f"radius, worst miss {m.get('max_miss_m')} m; plot {png}")
+        except ImportError:  # an onboard image without matplotlib: the summary has it all
+            pass
     return 0
 
 

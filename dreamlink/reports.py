@@ -189,3 +189,46 @@ def quad_summary(ticks: dict[str, Any], mission: dict[str, Any]) -> dict[str, An
         "fence_breaches": int((margin < 0).sum()),
         "landed_disarmed": mission.get("landed_disarmed"),
     }
+
+
+def plot_mission(ticks: dict[str, Any], mission: dict[str, Any], path: Path) -> Path:
+    """A planned mission seen from above and from the side: the planned path (with its detours), the keep-out
+    zones, the flown path, and each waypoint with its miss distance and flown arrival (mission time)."""
+    plt = _pyplot()
+    spec: VehicleSpec = ticks["spec"]
+    idx = [spec.state_index(f"pos_{a}_m") for a in ("n", "e", "d")]
+    pos = ticks["state"][:, idx]
+    planned = np.asarray(mission["path_ned_m"])
+    waypoints = np.asarray(mission["waypoints_ned_m"])
+    report = mission.get("mission", {})
+    fig, (top, side) = plt.subplots(1, 2, figsize=(13, 6), gridspec_kw={"width_ratios": [1.3, 1]})
+    for k, zone in enumerate(mission.get("keep_out_ne_m", [])):
+        ring = np.vstack([zone, zone[:1]])
+        top.fill(ring[:, 1], ring[:, 0], color="tab:red", alpha=0.25, label="keep-out zone" if k == 0 else None)
+    top.plot(planned[:, 1], planned[:, 0], color="tab:gray", ls="--", lw=1.5, label="planned path")
+    top.plot(pos[:, 1], pos[:, 0], color="black", lw=1.0, label="flown")
+    top.scatter(waypoints[:, 1], waypoints[:, 0], color="tab:blue", zorder=3, s=25, label="waypoints")
+    for w, (n, e, _) in zip(report.get("waypoints", []), waypoints, strict=False):
+        if w.get("miss_m") is not None:
+            arrived = f", {w['arrived_s']:.0f} s" if w.get("arrived_s") is not None else ""
+            top.annotate(f"{w['seq']}: {w['miss_m']:.2f} m{arrived}", (e, n), textcoords="offset points",
+                         xytext=(5, 5), fontsize=8)
+    top.set_xlabel("east (m)")
+    top.set_ylabel("north (m)")
+    top.set_aspect("equal")
+    top.legend(loc="best", fontsize=8)
+    top.set_title(f"{report.get('source', 'mission')}: {report.get('within_acceptance', '?')} of "
+                  f"{len(report.get('waypoints', []))} waypoints within their radius, worst miss "
+                  f"{report.get('max_miss_m', float('nan')):.2f} m", fontsize=9)
+    t = ticks["t_s"] - mission["start_s"]
+    side.plot(t, -pos[:, 2], color="black", lw=1.0, label="flown altitude")
+    planned_t = [w["planned_s"] for w in report.get("waypoints", [])]
+    if planned_t:
+        side.scatter(planned_t, -waypoints[: len(planned_t), 2], color="tab:blue", s=20, label="waypoints (planned)")
+    side.set_xlabel("time since mission start (s)")
+    side.set_ylabel("up (m)")
+    side.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
