@@ -150,9 +150,8 @@ def fly(
         planner = FusedPlanner.from_bundle(bundle, default_task(spec), rng, config.planner)
         planner_cfg = planner.config
     else:
+        # the settings the bundle was calibrated for (a fused graph's too): no second session to read them
         planner_cfg = config.planner or planner_config_for(bundle)
-        if bundle.has("planner") and config.planner is None:  # the settings the fused graph was packed with
-            planner_cfg = FusedPlanner.from_bundle(bundle, default_task(spec), rng).config
         session = ModelSession(bundle.path_of("world_model"), spec, config.session)
         planner = MppiPlanner(session, spec, default_task(spec), planner_cfg, rng)
     planner.plan(np.zeros(spec.state_dim, np.float32), planner.initial_plan(), 0.0)  # warm the session up
