@@ -138,7 +138,7 @@ def fly(
     if not bundle.has("world_model"):
         # A policy alone: it is the controller, through the same loop, shield and recorder; no prior, no
         # policy fallback (it is what failed), nothing imagined.
-        only = PolicySession.from_bundle(bundle, config.session)
+        only = policy or PolicySession.from_bundle(bundle, config.session)  # loaded once, even with --no-policy
         if only is None:
             raise BundleError(f"{config.bundle}: holds neither a world model nor a policy; nothing to fly")
         target = default_task(spec).target if spec.task is not None or spec.name in ("cartpole", "quad") \
@@ -298,14 +298,8 @@ def _take_off(
     limits = ShieldLimits.from_spec(spec, max_step_change=(step,) * spec.action_dim, geofence=fence)
     period = spec.control_period_s
     ticks = config.ticks or round(m.laps * path.lap_s / period)
-    drift = DriftEstimator(spec, m.drift_window_s) if m.drift_window_s > 0 else None
-
-    def reference(t_s: float) -> np.ndarray:
-        ref = reference_window(path, spec, t_s, horizon, period, start_s)
-        if drift is None:
-            return ref
-        t_vehicle, x, _ = profile.state()
-        return shift_for_drift(ref, drift.update(t_vehicle, x), spec, period)
+    reference = _offset_free(lambda t_s: reference_window(path, spec, t_s, horizon, period, start_s), profile, spec,
+                             m.drift_window_s)
 
     info: dict[str, object] = {
         "path": "figure8", "centre_ned_m": centre, "half_width_m": m.half_width_m, "speed_mps": m.speed_mps,
@@ -314,6 +308,21 @@ def _take_off(
         "baseline": m.baseline, "autopilot": config.autopilot,
     }
     return limits, reference, ticks, info
+
+
+def _offset_free(window: Callable[[float], np.ndarray], profile: Any, spec: VehicleSpec,
+                 drift_window_s: float) -> Callable[[float], np.ndarray]:
+    """The reference `window(t_s) -> [H,S]`, shifted against the position drift the telemetry shows (offset-free
+    tracking, `DriftEstimator`); `window` itself with `drift_window_s` 0."""
+    if drift_window_s <= 0:
+        return window
+    drift = DriftEstimator(spec, drift_window_s)
+
+    def reference(t_s: float) -> np.ndarray:
+        t_vehicle, x, _ = profile.state()
+        return shift_for_drift(window(t_s), drift.update(t_vehicle, x), spec, spec.control_period_s)
+
+    return reference
 
 
 def _either(stop: threading.Event | None, done: threading.Event) -> threading.Event:
@@ -358,14 +367,7 @@ def _take_off_on_mission(
     reporter = MissionReporter(link, len(planned.items))
     runner = MissionRunner(planned, spec, horizon, spec.control_period_s, clock.now(), profile.state, reporter)
     MissionCommandListener(link, runner.decide, config.allowed_sources)
-    drift = DriftEstimator(spec, m.drift_window_s) if m.drift_window_s > 0 else None
-
-    def reference(t_s: float) -> np.ndarray:
-        ref = runner.reference(t_s)
-        if drift is None:
-            return ref
-        t_vehicle, x, _ = profile.state()
-        return shift_for_drift(ref, drift.update(t_vehicle, x), spec, spec.control_period_s)
+    reference = _offset_free(runner.reference, profile, spec, m.drift_window_s)
 
     period = spec.control_period_s
     ticks = int((planned.path.duration_s + 600.0) / period)  # room for pauses and go-tos; the mission ends it
