@@ -11,9 +11,9 @@ import pytest
 
 from dreamlink.firmware_bridge.mission_items import MissionItem
 from dreamlink.runtime.geo import LocalFrame
-from dreamlink.runtime.mission_path import MissionError, MissionPath, PathConfig
+from dreamlink.runtime.mission_path import MissionError, MissionPath, PathConfig, path_config_for
 from dreamlink.runtime.plan_files import read_mission_file
-from dreamlink.spec import QUAD
+from dreamlink.spec import CARTPOLE, QUAD
 
 MISSIONS = Path(__file__).parent / "data" / "missions"
 CMAC = LocalFrame(-35.363262, 149.165237, 584.09)
@@ -194,3 +194,30 @@ def test_a_plan_made_for_another_place_is_refused():
     with pytest.raises(MissionError, match=r"item 2: MAV_CMD_NAV_WAYPOINT \(16\) at 47.3987420, 8.5465940 is \d+\.\d "
                                            r"km from home"):
         MissionPath.from_items(mission.items, CMAC, 5.0, 5.0, (0.0, 0.0, 0.0))
+
+
+def test_the_vehicles_command_limits_cap_the_paths_speeds():
+    """The quad's velocity commands reach ±3 m/s horizontally and ±1 m/s vertically: the path asks 80 % of that at
+    most, so the planner has room to catch up a lag; a 3 m/s plan flies at 2.4 m/s."""
+    cfg = path_config_for(QUAD)
+    assert cfg.max_horizontal_speed_mps == pytest.approx(2.4)
+    assert cfg.max_climb_mps == pytest.approx(0.8) and cfg.max_descent_mps == pytest.approx(0.8)
+    assert path_config_for(CARTPOLE) == PathConfig()  # no velocity commands: nothing to cap
+
+    mission = read_mission_file(MISSIONS / "cmac_test_mission.plan")
+    capped = MissionPath.from_items(mission.items, CMAC, 5.0, 3.0, (0.0, 0.0, 0.0), config=cfg)
+    free = MissionPath.from_items(mission.items, CMAC, 5.0, 3.0, (0.0, 0.0, 0.0))
+    t = np.arange(0.0, capped.duration_s, DT)
+    _, vel = capped.position_velocity(t)
+    assert np.linalg.norm(vel[:, :2], axis=1).max() <= 2.4 + 1e-9
+    assert vel[:, 2].max() <= 0.8 + 1e-9 and vel[:, 2].min() >= -0.8 - 1e-9
+    _, free_vel = free.position_velocity(np.arange(0.0, free.duration_s, DT))
+    assert np.linalg.norm(free_vel[:, :2], axis=1).max() > 2.9  # without the cap the plan's 3 m/s
+    assert capped.duration_s > free.duration_s
+
+
+def test_a_speed_change_cannot_raise_the_climb_above_the_vehicles_limit():
+    items = [MissionItem(1, 22, 3, z=5.0), MissionItem(2, 178, 2, param1=2, param2=5.0), _wp(3, 0, 0, 25.0)]
+    path = MissionPath.from_items(items, CMAC, 5.0, 3.0, (0.0, 0.0, 0.0), config=path_config_for(QUAD))
+    _, vel = path.position_velocity(np.arange(0.0, path.duration_s, DT))
+    assert -vel[:, 2].max() <= 0.8 + 1e-9 and vel[:, 2].min() == pytest.approx(-0.8)

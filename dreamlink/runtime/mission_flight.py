@@ -26,7 +26,7 @@ from dreamlink.firmware_bridge.link import mavlink
 from dreamlink.firmware_bridge.mission_items import MISSION_TYPE_FENCE, MISSION_TYPE_MISSION, MissionItem
 from dreamlink.runtime.detour import circle_polygon
 from dreamlink.runtime.geo import LocalFrame, altitude_amsl_m
-from dreamlink.runtime.mission_path import MissionPath
+from dreamlink.runtime.mission_path import MissionPath, PathConfig
 from dreamlink.runtime.plan_files import FenceCircle, FencePolygon, read_mission_file
 from dreamlink.runtime.zones import KeepOutCircle, KeepOutPolygon, Zones
 from dreamlink.spec import VehicleSpec
@@ -74,11 +74,12 @@ def fence_from_items(items: Sequence[MissionItem]) -> tuple[FencePolygon | Fence
 def load_mission(source: str, frame: LocalFrame, home_ned: np.ndarray, takeoff_altitude_m: float,
                  speed_mps: float, margin_m: float = 1.0, clearance_m: float = 2.5,
                  download: Callable[[int], list[MissionItem]] | None = None,
-                 home_is_item0: bool = False) -> PlannedMission:
+                 home_is_item0: bool = False, config: PathConfig | None = None) -> PlannedMission:
     """`source` a mission file, or "autopilot" (then `download(mission_type)` fetches the MISSION and FENCE items;
     `home_is_item0`: ArduPilot keeps home as mission item 0, PX4 does not).
 
-    A file's speed (a .plan's hoverSpeed) wins over `speed_mps`. Exclusion fences become keep-out zones; inclusion
+    A file's speed (a .plan's hoverSpeed) wins over `speed_mps`; `config` (the vehicle's limits, `path_config_for`)
+    caps it, and the go-to speed with it. Exclusion fences become keep-out zones; inclusion
     fences are left to the autopilot's own fence (logged). Raises MissionError/ValueError naming what cannot fly."""
     if source == "autopilot":
         if download is None:
@@ -104,8 +105,13 @@ def load_mission(source: str, frame: LocalFrame, home_ned: np.ndarray, takeoff_a
             zones.append(KeepOutCircle((float(centre[0]), float(centre[1])), float(zone.radius_m)))
             outline = circle_polygon(centre, zone.radius_m)
         keep_out.append(np.asarray(outline, dtype=np.float64))
-    path = MissionPath.from_items(items, frame, takeoff_altitude_m, speed_mps, home_ned, keep_out=keep_out,
-                                  clearance_m=clearance_m)
+    path = MissionPath.from_items(items, frame, takeoff_altitude_m, speed_mps, home_ned, config=config,
+                                  keep_out=keep_out, clearance_m=clearance_m)
+    cap_mps = config.max_horizontal_speed_mps if config is not None else math.inf
+    if speed_mps > cap_mps:
+        log.warning("%s: mission speed %.1f m/s is flown at %.1f m/s, the most the vehicle's velocity commands reach "
+                    "with room to correct", name, speed_mps, cap_mps)
+        speed_mps = cap_mps
     return PlannedMission(path, Zones(tuple(zones), margin_m=margin_m), tuple(keep_out), frame,
                           np.asarray(home_ned, dtype=np.float64), name, tuple(items), speed_mps)
 

@@ -13,7 +13,8 @@ The path (`MissionPath.from_items`):
   NAV_TAKEOFF's latitude and longitude are ignored, as ArduPilot Copter does.
 - Each leg is a straight line flown rest to rest with a trapezoidal speed profile (acceleration
   `max_accel_mps2`), at the mission's speed capped so that the vertical part stays within the climb and descent
-  limits. Position and velocity are continuous; acceleration steps.
+  limits and the horizontal part within `max_horizontal_speed_mps` (`path_config_for` sets all three to 80 % of
+  what the vehicle's velocity commands reach). Position and velocity are continuous; acceleration steps.
 - At a waypoint without a hold time, and turning by at most `max_pass_turn_deg`, the next leg starts before the
   previous one has stopped: the two profiles overlap, the corner is cut, and the overlap is as long as keeps the
   path within the waypoint's acceptance radius (param2; 0 means `acceptance_radius_m`, 1 m: half the 2 m the
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -144,6 +145,9 @@ class PathConfig:
     acceptance_radius_m: float = 0.3  # for waypoints whose param2 is 0: corners are cut by at most this (goal 0.5 m)
     max_pass_turn_deg: float = 120.0  # sharper turns stop at the waypoint
     max_speed_mps: float = 20.0  # a faster mission speed is refused (ArduPilot's WPNAV_SPEED maximum)
+    # The fastest the vehicle is asked to fly horizontally (a faster mission speed is flown at this): see
+    # `path_config_for`, which keeps the reference inside what the vehicle's commands can reach.
+    max_horizontal_speed_mps: float = math.inf
     max_range_m: float = 2000.0  # a waypoint farther from home is refused: a plan made for another place
 
     def __post_init__(self) -> None:
@@ -152,11 +156,37 @@ class PathConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"PathConfig.{name}: expected a finite number > 0, got {value!r}")
+        if not self.max_horizontal_speed_mps > 0:
+            raise ValueError(f"PathConfig.max_horizontal_speed_mps: expected > 0 (inf for no cap), "
+                             f"got {self.max_horizontal_speed_mps!r}")
         if not (0 <= self.land_slow_altitude_m < 1000):
             raise ValueError(f"PathConfig.land_slow_altitude_m: expected metres >= 0, got {self.land_slow_altitude_m}")
         if not (0 <= self.max_pass_turn_deg <= 180):
             raise ValueError(f"PathConfig.max_pass_turn_deg: expected degrees in [0, 180], "
                              f"got {self.max_pass_turn_deg}")
+
+
+def path_config_for(spec: VehicleSpec, headroom: float = 0.8, base: PathConfig | None = None) -> PathConfig:
+    """`base` (default PathConfig) with its horizontal speed, climb and descent capped at `headroom` times what the
+    vehicle's velocity commands reach (actions vel_sp_n_mps, vel_sp_e_mps, vel_sp_d_mps). A reference at the command
+    limit leaves the planner nothing to catch up with once the vehicle lags it: on the real PX4 SITL a 3 m/s plan
+    with ±3 m/s commands missed its first corner by 1.4 m, at 2 m/s by 0.26 m. A vehicle without those actions
+    gets `base` unchanged."""
+    cfg = base or PathConfig()
+    if not 0 < headroom <= 1:
+        raise ValueError(f"path headroom: expected a fraction in (0, 1], got {headroom!r}")
+    names = ("vel_sp_n_mps", "vel_sp_e_mps", "vel_sp_d_mps")
+    if not all(n in spec.action_names for n in names):
+        return cfg
+    low, high = spec.action_low.astype(np.float64), spec.action_high.astype(np.float64)
+    n, e, d = (spec.action_index(name) for name in names)
+    horizontal = headroom * float(min(-low[n], high[n], -low[e], high[e]))
+    climb, descent = headroom * -float(low[d]), headroom * float(high[d])
+    if min(horizontal, climb, descent) <= 0:
+        return cfg
+    return replace(cfg, max_horizontal_speed_mps=min(cfg.max_horizontal_speed_mps, float(horizontal)),
+                   max_climb_mps=min(cfg.max_climb_mps, climb), max_descent_mps=min(cfg.max_descent_mps, descent),
+                   land_speed_mps=min(cfg.land_speed_mps, descent))
 
 
 @dataclass(frozen=True)
@@ -345,9 +375,9 @@ class _Builder:
             raise MissionError(f"item {item.seq}: {command_name(item.command)} to {speed:g} m/s is above "
                                f"{self.cfg.max_speed_mps:g} m/s")
         if item.param1 == SPEED_TYPE_CLIMB:
-            self.climb_mps = speed
+            self.climb_mps = min(speed, self.cfg.max_climb_mps)
         elif item.param1 == SPEED_TYPE_DESCENT:
-            self.descent_mps = speed
+            self.descent_mps = min(speed, self.cfg.max_descent_mps)
         else:
             self.speed_mps = speed
 
@@ -382,6 +412,9 @@ class _Builder:
         length = float(np.linalg.norm(step)) if len(route) == 2 else math.hypot(float(along_m[-1]), float(step[2]))
         if length > 0:
             vertical = float(step[2]) / length  # > 0 descending
+            horizontal = math.sqrt(max(1.0 - vertical * vertical, 0.0))
+            if horizontal * speed > self.cfg.max_horizontal_speed_mps:
+                speed = self.cfg.max_horizontal_speed_mps / horizontal
             if vertical > 1e-9:
                 speed = min(speed, self.descent_mps / vertical)
             elif vertical < -1e-9:

@@ -32,6 +32,7 @@ from dreamlink.runtime.health import planner_config_for
 from dreamlink.runtime.loop import ControlLoop, LoopConfig, LoopStats
 from dreamlink.runtime.mission import DriftEstimator, Figure8, TableReference, reference_window, shift_for_drift
 from dreamlink.runtime.mission_flight import MissionRunner, load_mission
+from dreamlink.runtime.mission_path import path_config_for
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner
 from dreamlink.runtime.policy import PolicyPlanner, PolicySession
 from dreamlink.runtime.recorder import FlightRecorder
@@ -351,7 +352,7 @@ def _take_off_on_mission(
     home = np.array([float(x[spec.state_index(n)]) for n in ("pos_n_m", "pos_e_m", "pos_d_m")])
     planned = load_mission(m.source, frame, home, m.takeoff_altitude_m, m.speed_mps, m.keep_out_margin_m,
                            m.keep_out_clearance_m, download=lambda kind: download_mission(link, *target, kind),
-                           home_is_item0=config.autopilot == "ardupilot")
+                           home_is_item0=config.autopilot == "ardupilot", config=path_config_for(spec))
     log.info("mission %s: %d items, %d keep-out zones, %.0f s planned (origin from %s)", planned.source,
              len(planned.items), len(planned.zones.keep_out), planned.path.duration_s, origin.source)
     profile.enter_control_mode()
