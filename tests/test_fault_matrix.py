@@ -11,7 +11,8 @@ from onnx_models import linear_world_model
 
 from dreamlink.bundle import load_bundle, update_manifest, write_bundle
 from dreamlink.campaign.fault_bundles import nan_bundle, slow_bundle
-from dreamlink.campaign.faults import FaultRow, fly_row, judge, table, tlog_records, tlog_walk
+from dreamlink.campaign.fault_judging import judge, tlog_records, tlog_walk
+from dreamlink.campaign.faults import FaultRow, fly_row, table
 from dreamlink.spec import QUAD
 
 VEL_N = QUAD.state_index("vel_n_mps")

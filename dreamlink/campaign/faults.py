@@ -46,14 +46,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dreamlink.campaign.fault_judging import (
+    SAFE,
+    fence_margin,
+    judge,
+    sitl_final,
+    tlog_fence_margin,
+    tlog_records,
+    tlog_walk,
+)
+
 log = logging.getLogger(__name__)
 
 OUT = Path("runs/faults")
 FLAVOURS = ("ardupilot", "px4")
-SAFE = ("landed", "holding", "failsafe", "terminated")
-# The SITL's FINAL mode names: ArduPilot's, then PX4's (as QGroundControl shows them).
-FAILSAFE_MODES = ("RTL", "LAND", "Return", "Land")
-HOLD_MODES = ("GUIDED", "BRAKE", "LOITER", "POSHOLD", "Hold", "Position", "Offboard")
 
 
 @dataclass(frozen=True)
@@ -114,59 +120,6 @@ class FlightReport:
 # -- flight ------------------------------------------------------------------------------------------
 
 
-def _sitl_final(output: str) -> dict[str, Any]:
-    for line in reversed(output.splitlines()):
-        if line.startswith("FINAL "):
-            return dict(json.loads(line[len("FINAL "):]))
-    return {}
-
-
-def judge(final: dict[str, Any], estopped: bool) -> str:
-    """The vehicle's outcome from its own end state (see the module docstring)."""
-    if not final:
-        return "UNSAFE (no final state)"
-    if estopped and not final["armed"]:
-        return "terminated"
-    if not final["armed"]:
-        return "landed" if final["altitude_m"] < 0.2 and final["speed_mps"] < 0.5 else "UNSAFE (disarmed in air)"
-    if final["mode"] in FAILSAFE_MODES or final.get("failsafe"):
-        return "failsafe"
-    if final["speed_mps"] < 0.5 and final["mode"] in HOLD_MODES:
-        return "landed" if final["landed"] else "holding"
-    return f"UNSAFE ({final['mode']}, {final['speed_mps']:.1f} m/s)"
-
-
-def fence_margin(ticks: dict[str, Any], mission: dict[str, Any]) -> tuple[float, int]:
-    """(smallest margin to the geofence of any recorded state, m; states outside it). Ticks without a state
-    (stale or rebooted telemetry is recorded as it was, NaN when there was none) do not count."""
-    import numpy as np
-
-    spec = ticks["spec"]
-    pos = ticks["state"][:, [spec.state_index(f"pos_{a}_m") for a in ("n", "e", "d")]]
-    pos = pos[np.all(np.isfinite(pos), axis=1)]
-    if not len(pos):
-        return math.nan, 0
-    lo, hi = np.asarray(mission["fence_min_ned_m"]), np.asarray(mission["fence_max_ned_m"])
-    margin = np.minimum(pos - lo, hi - pos).min(axis=1)
-    return float(margin.min()), int((margin < 0).sum())
-
-
-def tlog_records(path: Path) -> int:
-    """Whole frames pymavlink reads back from a .tlog."""
-    from pymavlink import mavutil
-
-    if not path.exists():
-        return 0
-    n = 0
-    log_file = mavutil.mavlink_connection(str(path))
-    try:
-        while log_file.recv_msg() is not None:
-            n += 1
-    finally:
-        log_file.close()
-    return n
-
-
 def _ground_station(port: int, frames: list[bytes], delay_s: float, stop: threading.Event) -> threading.Thread:
     """Send `frames` to 127.0.0.1:`port` after `delay_s` (a ground station / an attacker on its own socket)."""
 
@@ -198,24 +151,6 @@ def _spoof_frames(wrong_key: bytes) -> list[bytes]:
                 p = list(params) + [0] * (7 - len(params))
                 frames.append(bytes(mav.command_long_encode(*target, cmd, 0, *p).pack(mav)))
     return frames
-
-
-def tlog_walk(path: Path) -> tuple[int, int]:
-    """(whole records, trailing bytes of a torn last record) of a .tlog, by its framing alone."""
-    data = path.read_bytes() if path.exists() else b""
-    i = n = 0
-    while i + 8 < len(data):
-        magic = data[i + 8]
-        if magic == 0xFD and i + 10 <= len(data):
-            size = 8 + 12 + data[i + 9] + (13 if data[i + 10] & 0x01 else 0)
-        elif magic == 0xFE:
-            size = 8 + 8 + data[i + 9]
-        else:
-            break
-        if i + size > len(data):
-            break
-        i, n = i + size, n + 1
-    return n, len(data) - i
 
 
 def _keep_stepping(vehicle_addr: tuple[str, int], seconds: float) -> None:
@@ -256,7 +191,7 @@ def kill_row(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, seed: in
         assert sitl.vehicle_address is not None
         _keep_stepping(sitl.vehicle_address, 6.0)  # past GUID_TIMEOUT (3 s) and the brake; COM_OF_LOSS_T (1 s)
         sitl.stop(timeout_s=15.0)
-        return _sitl_final(sitl.output_tail(20000)), ""
+        return sitl_final(sitl.output_tail(20000)), ""
 
 
 def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21,
@@ -320,7 +255,7 @@ def fly_row(row: FaultRow, bundles: dict[str, Path], out: Path, seed: int = 21,
             if row.estop_after_s and sitl.vehicle_address is not None:
                 _keep_stepping(sitl.vehicle_address, 3.0)  # lockstep time stopped with the runtime: let it fall
             sitl.stop(timeout_s=15.0)  # SIGTERM: it prints its FINAL line; close() would drop its output
-            final = _sitl_final(sitl.output_tail(20000))
+            final = sitl_final(sitl.output_tail(20000))
     except Exception as exc:
         error = error or f"{type(exc).__name__}: {exc}"
     wall_s = time.monotonic() - started
@@ -365,37 +300,11 @@ def _killed_report(row: FaultRow, bundles: dict[str, Path], flight_dir: Path, se
     report.records_read = tlog_records(tlog)
     report.records_counted = whole + (1 if torn else 0)
     report.records_lost = report.records_counted - report.records_read
-    report.min_fence_margin_m, report.fence_breaches = _tlog_fence_margin(flight_dir / "flight")
+    report.min_fence_margin_m, report.fence_breaches = tlog_fence_margin(flight_dir / "flight")
     report.detail = {"sitl": final, "error": error, "torn_bytes": torn, "killed": True,
                      "link_rejected": {}, "ticks": None}
     (flight_dir / "report.json").write_text(json.dumps(report.__dict__, indent=2, default=str) + "\n")
     return report
-
-
-def _tlog_fence_margin(flight_out: Path) -> tuple[float, int]:
-    """The fence margin from the .tlog's LOCAL_POSITION_NED and the fence in the "armed" event (a killed
-    runtime writes no ticks.npz: the .tlog is its record)."""
-    import numpy as np
-    from pymavlink import mavutil
-
-    events = flight_out / "events.jsonl"
-    armed = [json.loads(x) for x in events.read_text().splitlines() if '"armed"' in x] if events.exists() else []
-    if not armed or "fence_min_ned_m" not in armed[0]:
-        return math.nan, 0
-    lo, hi = np.asarray(armed[0]["fence_min_ned_m"]), np.asarray(armed[0]["fence_max_ned_m"])
-    start_wall = float(armed[0]["wall"])
-    log_file = mavutil.mavlink_connection(str(flight_out / "flight.tlog"))
-    pos = []
-    try:
-        while (m := log_file.recv_match(type="LOCAL_POSITION_NED")) is not None:
-            if getattr(m, "_timestamp", 0.0) >= start_wall:
-                pos.append((m.x, m.y, m.z))
-    finally:
-        log_file.close()
-    if not pos:
-        return math.nan, 0
-    margin = np.minimum(np.asarray(pos) - lo, hi - np.asarray(pos)).min(axis=1)
-    return float(margin.min()), int((margin < 0).sum())
 
 
 def _when_flying(flight_out: Path, row: FaultRow, runtime_port: int, vehicle_addr: tuple[str, int] | None,
