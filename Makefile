@@ -53,7 +53,7 @@ demo-quad: venv
 quad-seeds: venv
 	$(BIN)/dreamlink demo quad --out runs/demo-quad $(QUAD_ARGS) --reuse --lockstep-seeds 20 --laps 1
 
-# The world model's activation decided by flights (session 4): the demo's recipe and data, one world model per
+# The world model's activation decided by flights: the demo's recipe and data, one world model per
 # activation, 10 paired lockstep seeds per autopilot; runs/activation-study/seeds-paired.md. About 12 min from
 # scratch (data collection included); ACTIVATION_ARGS="--hidden 256 --autopilot px4" for the benchmark's width.
 ACTIVATION_OUT ?= runs/activation-study
@@ -102,7 +102,7 @@ faults: venv
 dialect: venv
 	$(PY) -m dreamlink.firmware_bridge.dialect.generate
 
-# Issue 5's closed-loop check: a 5 x 2 x 256 PX4 quad world model built by the demo's recipe, calibrated
+# int8 checked in the closed loop: a 5 x 2 x 256 PX4 quad world model built by the demo's recipe, calibrated
 # (fp32 vs int8 static; speed-up at K=512 x H=15, one thread), then 10 paired lockstep seeds per precision
 # at the demo's K=128 x H=45 and a closed-loop gate. Not a test: about 40 min on 2 cores. Report in
 # runs/calibrate-quad/calibration/calibration.md; CAL_ARGS=--reuse keeps the data and bundle already built.

@@ -49,7 +49,7 @@ from dreamlink.sim.launcher import free_udp_port  # noqa: E402
 
 PEER = "pytorch-mppi"
 OUTSIDE = "outside"
-UPRIGHT_RAD = 0.2  # the issue's band around upright
+UPRIGHT_RAD = 0.2  # the band around upright that counts as held
 FLAG_M = 0.45  # MountainCarContinuous-v0's goal_position
 
 

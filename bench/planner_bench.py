@@ -61,7 +61,7 @@ from dreamlink.runtime.tasks import cartpole_balance  # noqa: E402
 log = logging.getLogger("bench")
 
 NOISE_SIGMA, TEMPERATURE = 0.3, 1.0
-ISSUE_POINT = (512, 15, 256, 1)  # K, H, hidden, threads: where the Done-when figures are read
+TARGET_POINT = (512, 15, 256, 1)  # K, H, hidden, threads: where the performance targets are read
 SET_ACTUATOR = 139  # MAVLink SET_ACTUATOR_CONTROL_TARGET, what the motor-board profile sends
 
 
@@ -183,8 +183,8 @@ def latency_matrix(args: argparse.Namespace, built: dict[int, models.BenchModel]
 
 def rollout_variants(args: argparse.Namespace, built: dict[int, models.BenchModel], work: Path,
                      peak: float) -> list[dict[str, Any]]:
-    """The same fused MPPI graph built four ways, timed interleaved at the issue's point."""
-    K, H, hidden, threads = ISSUE_POINT if not args.quick else (256, 15, args.hidden[0], 1)
+    """The same fused MPPI graph built four ways, timed interleaved at the target point (K=512, H=15, hidden 256)."""
+    K, H, hidden, threads = TARGET_POINT if not args.quick else (256, 15, args.hidden[0], 1)
     model = built.get(hidden) or built[args.hidden[0]]
     variants = {"unrolled, one chain": dict(rollout="unrolled", chunk=0),
                 "unrolled, chunks of 128": dict(rollout="unrolled", chunk=128),
@@ -239,7 +239,7 @@ def anatomy(args: argparse.Namespace, bundles: dict[tuple[int, int, int, str], B
     """
     import onnxruntime as ort
 
-    K, H, hidden, _ = ISSUE_POINT
+    K, H, hidden, _ = TARGET_POINT
     key = (hidden, K, H, "fp32")
     if key not in bundles:
         key = next(k for k in bundles if k[3] == "fp32")
@@ -300,7 +300,7 @@ def lateness(args: argparse.Namespace, built: dict[int, models.BenchModel], work
 
     Per rate, the planner is the largest K (H=15, the smaller model) whose measured p99 fits 70% of
     the period, the rest left for the shield, the send and the recorder: how a user sizes a planner
-    to a rate. At 50 Hz the issue's point (K=512, H=15, hidden 256) runs too, to show what a
+    to a rate. At 50 Hz the target point (K=512, H=15, hidden 256) runs too, to show what a
     planner that does not fit does to the loop.
     """
     model = built[min(built)]
@@ -315,9 +315,9 @@ def lateness(args: argparse.Namespace, built: dict[int, models.BenchModel], work
         fits = [K for K in sizes if p99[K] <= 0.7 * period_ms]
         runs = [("largest K whose p99 fits 70% of the period", candidates[max(fits)], max(fits), model.hidden)
                 if fits else ("smallest K (none fits)", candidates[sizes[0]], sizes[0], model.hidden)]
-        issue = bundles.get((ISSUE_POINT[2], ISSUE_POINT[0], ISSUE_POINT[1], "fp32"))
-        if rate == min(args.rates) and issue is not None:
-            runs.append(("the issue's point", issue, ISSUE_POINT[0], ISSUE_POINT[2]))
+        target = bundles.get((TARGET_POINT[2], TARGET_POINT[0], TARGET_POINT[1], "fp32"))
+        if rate == min(args.rates) and target is not None:
+            runs.append(("the target point", target, TARGET_POINT[0], TARGET_POINT[2]))
         for why, bundle, K, hidden in runs:
             planner = fused(bundle, 1)
             loop = ControlLoop(_StillProfile(), planner, ShieldLimits.from_spec(models.SPEC),  # type: ignore[arg-type]
@@ -332,7 +332,7 @@ def lateness(args: argparse.Namespace, built: dict[int, models.BenchModel], work
 def processes(args: argparse.Namespace, built: dict[int, models.BenchModel],
               bundles: dict[tuple[int, int, int, str], Bundle], work: Path) -> list[dict[str, Any]]:
     """Spawn the onboard probe and the torch probe; time spawn -> first MAVLink command at our socket."""
-    K, H, hidden, _ = ISSUE_POINT
+    K, H, hidden, _ = TARGET_POINT
     if (hidden, K, H, "fp32") not in bundles:
         hidden, K, H = next((h, k, hh) for (h, k, hh, p) in bundles if p == "fp32")
     checkpoint = save_checkpoint(built[hidden].torch_model, work / f"h{hidden}.pt")
@@ -414,7 +414,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def verdict(result: dict[str, Any]) -> list[list[Any]]:
-    K, H, hidden, threads = ISSUE_POINT
+    K, H, hidden, threads = TARGET_POINT
     at = {r["planner"]: r for r in result["latency"]
           if (r["K"], r["H"], r["hidden"], r["threads"]) == (K, H, hidden, threads)}
     checks: list[list[Any]] = []
@@ -438,7 +438,7 @@ def verdict(result: dict[str, Any]) -> list[list[Any]]:
 def render(result: dict[str, Any]) -> str:
     m, peak = result["machine"], result["peak"]
     v = m["versions"]
-    K, H, hidden, threads = ISSUE_POINT
+    K, H, hidden, threads = TARGET_POINT
     parts = [
         "# dreamlink planner benchmark",
         "",
@@ -533,7 +533,7 @@ def render(result: dict[str, Any]) -> str:
                          [[st["stage"], st["rss_mb"], st["anon_mb"], st["file_mb"]] for st in result["rss_stages"]])]
     checks = verdict(result)
     if checks:
-        parts += ["", f"## Against the issue's targets (K={K}, H={H}, hidden {hidden}, {threads} thread)", "",
+        parts += ["", f"## Against the targets (K={K}, H={H}, hidden {hidden}, {threads} thread)", "",
                   _table(["target", "wanted", "measured", "met"],
                          [[c[0], c[1], c[2], "yes" if c[3] else "**no**"] for c in checks])]
     return "\n".join(parts) + "\n"
@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         result["lateness"] = lateness(args, built, work, bundles)
         log.info("processes")
         result["processes"] = processes(args, built, bundles, work)
-        K, H, hidden, _ = ISSUE_POINT
+        K, H, hidden, _ = TARGET_POINT
         key = (hidden, K, H, "fp32") if (hidden, K, H, "fp32") in bundles else next(
             k for k in bundles if k[3] == "fp32")
         result["rss_stages"] = rss_stages(bundles[key])

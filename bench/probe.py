@@ -9,7 +9,7 @@ first action as a MAVLink SET_ACTUATOR_CONTROL_TARGET through dreamlink's own li
 profile to 127.0.0.1:PORT, where the parent timestamps its arrival (the parent's clock runs from
 before it spawned this process, so interpreter start-up counts). The onboard probe follows
 `dreamlink run` (runtime/onboard.py `fly`): bundle, planner, one warm-up plan, heap trimmed, link.
-Then it prints one JSON line: its RSS (VmRSS) and peak RSS (VmHWM, the number issue 4 bounds) from
+Then it prints one JSON line: its RSS (VmRSS) and peak RSS (VmHWM, the number the 80 MB target bounds) from
 /proc/self/status, and its own phase times.
 """
 

@@ -38,7 +38,7 @@ class QuadDemoConfig:
     wind_mps: float = 2.0
     lockstep_seeds: int = 0  # > 0: fly this many randomised lockstep seeds instead of the real-time pair
     reuse: bool = False  # keep the bundles (and the collected data) already in the output folder
-    # The world model: the demo's is 5 x 2 x 64; the calibration study (issue 5) builds 5 x 2 x 256 the same way.
+    # The world model: the demo's is 5 x 2 x 64; make calibrate-quad builds 5 x 2 x 256 the same way.
     hidden: int = 64
     layers: int = 2
     ensemble: int = 5
@@ -112,7 +112,7 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
                               task_tolerances=QUAD_TASK_TOLERANCES)
     horizon = int(load_bundle(wm.root).manifest.calibration["planner"]["horizon"])
     plot_kstep({f"{flavour} fp32": curve}, out / f"{flavour}{cfg.tag}-kstep_error.png", QUAD_KSTEP_TOLERANCE)
-    # One graph run a tick (issue 4's fused planner), with the demo's sampling settings.
+    # One graph run a tick (the fused planner graph), with the demo's sampling settings.
     pack_planner_bundle(wm.root, bundle_dir, PlannerGraphConfig(QUAD_PLANNER["samples"], horizon),
                         noise_sigma=QUAD_PLANNER["noise_sigma"], temperature=QUAD_PLANNER["temperature"])
     shutil.rmtree(wm_dir)

@@ -97,7 +97,7 @@ def test_calibration_writes_what_the_runtime_and_doctor_read(model_and_data, tmp
             check_rate(manifest, CARTPOLE.rate_hz)
     report = write_report(result.out_dir, result.to_dict(), result.curves)
     text = report.read_text()
-    assert "Chosen precision" in text and "int8_static" in text and "Speed at the issue's point" in text
+    assert "Chosen precision" in text and "int8_static" in text and "Speed at the reference point" in text
     assert (result.out_dir / "kstep_error.png").is_file() and (result.out_dir / "latency_vs_k.png").is_file()
     assert json.loads((result.out_dir / "calibration.json").read_text())["chosen"] == result.chosen
 

@@ -1,4 +1,4 @@
-"""`make calibrate-quad`: issue 5's closed-loop check on a quadrotor world model big enough for int8 to pay.
+"""`make calibrate-quad`: int8 checked in the closed loop, on a quadrotor world model big enough for int8 to pay.
 
 One command from a fresh clone (`python -m dreamlink.calibration.quad_study --out runs/calibrate-quad`):
 

@@ -149,7 +149,7 @@ def write_report(out_dir: Path, result: Mapping[str, Any], curves: Mapping[str, 
         lines += ["", "![latency vs K](latency_vs_k.png)", ""]
     speed = result.get("speedup")
     if speed:
-        lines += ["## Speed at the issue's point", "",
+        lines += ["## Speed at the reference point (K=512 x H=15, one thread)", "",
                   f"K={speed['samples']}, H={speed['horizon']}, one thread, interleaved round-robin steps "
                   f"(ratios of medians, so load from other processes falls on every precision alike):", "",
                   "| precision | median ms | CPU median ms | speed-up vs fp32 (wall) | (CPU) |",

@@ -39,7 +39,7 @@ class WorldModelConfig:
     ensemble_size: int = 5
     # ReLU: ONNX Runtime fuses it into the Gemm, where SiLU costs a separate pass of about 0.3 ns an element
     # (a 2 x 256 model's planner step: 90 % of the fp32 peak against 82 %). Flown side by side on the same
-    # data and seeds (runs/activation-study, session 4) both track the figure-eight alike; see docs/performance.md.
+    # data and seeds (make activation-study, 2026-11-25) both track the figure-eight alike; see docs/performance.md.
     activation: str = "relu"
     # State components the dynamics do not depend on (e.g. a multirotor's position: its response to a
     # velocity setpoint is the same anywhere in the air). Masked out of the MLP's input, so the model

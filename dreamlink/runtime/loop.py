@@ -215,7 +215,7 @@ class ControlLoop:
             self.counters.stale_ticks += 1
             action, source = self._fallback("stale_state", now_s)
             self._on_stale(now_s)
-        # -- estimator health (issue 6): the autopilot reports its own state estimate unusable: not planned
+        # -- estimator health: the autopilot reports its own state estimate unusable: not planned
         # on, held like stale state, and past failsafe_after_s the vehicle's own failsafe --
         elif not getattr(self.profile, "estimator_ok", True):
             action, source = self._fallback("estimator_unhealthy", now_s)
