@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 SEED ?= 0
-ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle.py dreamlink/spec.py
+ONBOARD := dreamlink/runtime dreamlink/firmware_bridge dreamlink/deploy dreamlink/bundle dreamlink/spec
 
 .PHONY: venv demo demo-quad quad-seeds activation-study test lint unit bench image-test image-test-arm64 clean campaign faults dialect calibrate-quad real-sitl finetune-study byo-study
 

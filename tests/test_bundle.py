@@ -1,4 +1,4 @@
-"""The bundle format (dreamlink/bundle.py): pack, load back, and refuse anything that does not match."""
+"""The bundle format (dreamlink/bundle/): pack, load back, and refuse anything that does not match."""
 
 from __future__ import annotations
 

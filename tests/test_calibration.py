@@ -129,6 +129,27 @@ def test_runtime_refuses_a_rate_the_budget_cannot_hold(tmp_path: Path) -> None:
     check_rate(load_bundle(budget_bundle(tmp_path / "none", None)).manifest, 1000.0)  # uncalibrated: allowed
 
 
+def test_a_budget_under_names_dreamlink_does_not_write_is_refused(tmp_path: Path) -> None:
+    """`dreamlink calibrate` writes calibration.budget with p99_ms, samples, device...; another name for a field
+    is refused, naming the file, the field and the key dreamlink writes, rather than read or ignored."""
+    seconds = {"device": "Test CPU", "samples": 512, "horizon": 15, "p99_s": 0.030, "share": 0.5}
+    manifest = load_bundle(budget_bundle(tmp_path / "seconds", seconds)).manifest
+    said = r"manifest\.json calibration\.budget\.p99_s: not a key dreamlink writes; the budget records p99_ms"
+    with pytest.raises(BundleError, match=said):
+        check_rate(manifest, 50.0)
+    with pytest.raises(BundleError, match=said):
+        judge_budget(manifest, "Test CPU")
+    letters = {"device": "Test CPU", "K": 512, "H": 15, "p99_ms": 30.0}
+    with pytest.raises(BundleError, match=r"calibration\.budget\.(K|H): not a key .* records (samples|horizon)"):
+        check_rate(load_bundle(budget_bundle(tmp_path / "letters", letters)).manifest, 50.0)
+    onnx_path = linear_world_model(tmp_path / "wm.onnx", np.eye(4, dtype=np.float32), np.zeros((4, 1), np.float32))
+    section = write_bundle(tmp_path / "section", CARTPOLE, {"world_model": (onnx_path, {"opset": 17})},
+                           calibration={"device_budget": {"device": "Test CPU", "p99_ms": 30.0}})
+    with pytest.raises(BundleError, match=r"manifest\.json calibration\.device_budget: not a field dreamlink "
+                                          r"writes; the device budget is calibration\.budget"):
+        check_rate(section.manifest, 50.0)
+
+
 def test_budget_is_the_largest_setting_whose_p99_fits() -> None:
     pts = [SweepPoint("int8", k, h, p99 * 0.8, p99, 0.0, 0.0)
            for k, h, p99 in ((64, 10, 3.0), (128, 10, 6.0), (64, 20, 5.0), (256, 10, 12.0), (128, 20, 9.9))]

@@ -63,12 +63,17 @@ def test_recorded_budget_against_this_device(tmp_path: Path) -> None:
     cpu = CpuInfo("ARM Cortex-A76", "aarch64", 4, frozenset({"neon"}))
     same = load_bundle(make_bundle(tmp_path / "a", calibration={"budget": {"device": "ARM Cortex-A76", "p99_ms": 8.0}}))
     assert check_budget(same, cpu, None).status == OK
-    other = load_bundle(make_bundle(tmp_path / "b", calibration={"budget": {"device": "Xeon", "p99_s": 0.008}}))
+    other = load_bundle(make_bundle(tmp_path / "b", calibration={"budget": {"device": "Xeon", "p99_ms": 8.0}}))
     check = check_budget(other, cpu, None)
     assert check.status == WARN and "calibrate" in check.fix and "p99 8.00 ms" in check.detail
-    record = {"device_budget": {"cpu": "ARM Cortex-A76", "p99_ms": 30}}
-    slow = load_bundle(make_bundle(tmp_path / "c", calibration=record))
+    slow = load_bundle(make_bundle(tmp_path / "c", calibration={"budget": {"device": "ARM Cortex-A76", "p99_ms": 30}}))
     assert check_budget(slow, cpu, None).status == FAIL
+    # a budget under names dreamlink does not write fails, naming the field and where dreamlink writes it
+    record = {"device_budget": {"cpu": "ARM Cortex-A76", "p99_ms": 8.0}}
+    elsewhere = check_budget(load_bundle(make_bundle(tmp_path / "d", calibration=record)), cpu, None)
+    assert elsewhere.status == FAIL and "calibrate" in elsewhere.fix
+    assert "calibration.device_budget: not a field dreamlink writes; the device budget is calibration.budget" in (
+        elsewhere.detail)
 
 
 def test_link_checks(tmp_path: Path) -> None:

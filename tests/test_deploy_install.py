@@ -196,6 +196,10 @@ def test_recorded_budget_that_cannot_keep_the_rate_is_refused(config: DeployConf
         install_bundle(slow, config, health_check=passing)
     fits = make_bundle(tmp_path / "fits", calibration={"budget": {"device": "Cortex-A72", "p99_ms": 9.0}})
     assert install_bundle(fits, config, health_check=passing, this_cpu="Intel Xeon").ok
+    in_seconds = make_bundle(tmp_path / "s", calibration={"budget": {"device": "Cortex-A72", "p99_s": 0.035}})
+    with pytest.raises(InstallError, match=r"calibration\.budget\.p99_s: not a key dreamlink writes; the budget "
+                                           r"records p99_ms \(the p99 planning latency in milliseconds\)"):
+        install_bundle(in_seconds, config, health_check=passing)
 
 
 def test_recover_rolls_back_a_slot_left_on_trial(bundles: dict[str, Path], config: DeployConfig) -> None:

@@ -26,7 +26,8 @@ class BudgetVerdict:
 
 
 def judge_budget(manifest: Manifest, this_cpu: str) -> BudgetVerdict:
-    """Compare the recorded budget with the bundle's control period and this device's CPU."""
+    """Compare the recorded budget with the bundle's control period and this device's CPU; a record in a form
+    dreamlink does not write raises `BundleError` (see `recorded_budget`)."""
     rb = recorded_budget(manifest)
     period_ms = manifest.spec.control_period_s * 1e3
     if rb is None:

@@ -129,7 +129,10 @@ def check_bundle(layout: SlotLayout, bundle_path: Path | None) -> tuple[Check, B
 def check_budget(bundle: Bundle | None, cpu: CpuInfo, measure: Callable[[Bundle], object] | None) -> Check:
     if bundle is None:
         return Check("budget", WARN, "no bundle to judge")
-    verdict = judge_budget(bundle.manifest, cpu.model)
+    try:
+        verdict = judge_budget(bundle.manifest, cpu.model)
+    except BundleError as e:  # a budget record in a form dreamlink does not write
+        return Check("budget", FAIL, str(e), "run `dreamlink calibrate` on this device to record its budget")
     detail = verdict.message
     status, fix = OK, ""
     if verdict.same_device is None:

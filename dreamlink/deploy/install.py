@@ -107,7 +107,7 @@ def runtime_health_check(health: HealthConfig) -> HealthCheck:
 
 
 def find_signature_verifier() -> SignatureVerifier | None:
-    """The bundle module's signature check, once bundle signing exists (`bundle.verify_signature`)."""
+    """The bundle package's signature check, once bundle signing exists (`bundle.verify_signature`)."""
     import dreamlink.bundle as bundle_module
 
     return getattr(bundle_module, "verify_signature", None)
@@ -155,7 +155,10 @@ def install_bundle(
         _check_signature(bundle, config, verifier)
         step("signature", "verified" if config.bundle_public_key else "no bundle_public_key configured, not checked")
 
-        verdict = judge_budget(bundle.manifest, this_cpu if this_cpu is not None else read_cpu().model)
+        try:
+            verdict = judge_budget(bundle.manifest, this_cpu if this_cpu is not None else read_cpu().model)
+        except BundleError as e:
+            raise InstallError(f"refused {source}: {e}") from None
         if not verdict.fits:
             raise InstallError(f"refused {source}: the bundle's calibrated budget does not fit ({verdict.message})")
         if verdict.same_device is False:
