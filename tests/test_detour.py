@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from dreamlink.firmware_bridge.mission_items import MissionItem
-from dreamlink.runtime.detour import KeepOutError, circle_polygon, route_around
+from dreamlink.runtime.detour import KeepOutError, route_around
 from dreamlink.runtime.geo import LocalFrame
 from dreamlink.runtime.mission_path import MissionError, MissionPath, PathConfig
 from dreamlink.runtime.plan_files import FencePolygon, read_mission_file
+from dreamlink.runtime.zone_geometry import circle_polygon
 
 MISSIONS = Path(__file__).parent / "data" / "missions"
 CMAC = LocalFrame(-35.363262, 149.165237, 584.09)

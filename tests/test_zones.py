@@ -17,6 +17,7 @@ from dreamlink.runtime.mppi import MppiConfig, MppiPlanner, shift_plan
 from dreamlink.runtime.session import ModelSession
 from dreamlink.runtime.shield import Geofence, ShieldLimits, shield
 from dreamlink.runtime.tasks import QuadraticTask
+from dreamlink.runtime.zone_geometry import Polygon
 from dreamlink.runtime.zones import KeepOutCircle, KeepOutPolygon, ZoneCost, Zones, segment_enters, zone_cost
 from dreamlink.spec import QUAD, Component, VehicleSpec
 
@@ -88,6 +89,21 @@ def test_polygons_are_checked_when_made():
         Zones((SQUARE,), margin_m=-1.0)
     closed = KeepOutPolygon(((0.0, 0.0), (0.0, 2.0), (2.0, 2.0), (2.0, 0.0), (0.0, 0.0)))  # a closed ring
     assert closed.vertices_ne_m == SQUARE.vertices_ne_m
+
+
+def test_the_mission_path_goes_around_the_outline_of_the_same_zones():
+    """A polygon's outline is its vertices; a circle's is the 16-gon circumscribing it, so a path that keeps its
+    clearance from the outline keeps it from the circle too."""
+    np.testing.assert_array_equal(L_SHAPE.outline_ne_m, np.array(L_SHAPE.vertices_ne_m))
+    outline = Polygon(CIRCLE.outline_ne_m)
+    angle = np.linspace(0.0, 2.0 * math.pi, 720, endpoint=False)
+    on_circle = np.asarray(CIRCLE.centre_ne_m) + CIRCLE.radius_m * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    assert outline.distance_m(on_circle).max() <= 1e-12  # the circle is inside the outline, touching its edges
+    corners = CIRCLE.signed_distance_m(CIRCLE.outline_ne_m)
+    np.testing.assert_allclose(corners, CIRCLE.radius_m / math.cos(math.pi / 16) - CIRCLE.radius_m)
+    points = np.random.default_rng(0).uniform(-2.0, 5.0, (500, 2))
+    np.testing.assert_array_equal(Polygon(L_SHAPE.outline_ne_m).distance_m(points),
+                                  np.maximum(L_SHAPE.signed_distance_m(points), 0.0))  # one geometry for both
 
 
 # --- the cost in the imagined futures ---------------------------------------------------------------------

@@ -8,8 +8,8 @@ end that keeps `clearance_m` from every zone.
 Geometry, on the north/east plane in metres (a zone is a vertical prism):
 
 - A zone is any simple polygon [V,2], convex or not, either winding; a repeated closing vertex is accepted. A
-  circle enters as `circle_polygon`, the regular 16-gon circumscribing it (radius / cos(pi/16) to its corners), so
-  the polygon contains the circle.
+  circle enters as `zone_geometry.circle_polygon` (`KeepOutCircle.outline_ne_m`), the regular 16-gon
+  circumscribing it (radius / cos(pi/16) to its corners), so the polygon contains the circle.
 - The inflated zone is exactly the set of points within `clearance_m` of the polygon: a segment is tested by its
   distance to each edge, so a concave polygon needs no special case, and a notch narrower than twice the clearance,
   or two zones closer than that, are closed to the route rather than threaded.
@@ -20,7 +20,8 @@ Geometry, on the north/east plane in metres (a zone is a vertical prism):
 - Dijkstra over the visibility graph of start, end and corners: pairs whose segment keeps the clearance from every
   zone (`TOLERANCE_M` of float slack, as a path along an inflated edge is exactly at the clearance).
 
-Pure functions of their inputs; the same inputs give the same route.
+Pure functions of their inputs; the same inputs give the same route. The distances are `zone_geometry`'s, the
+ones the shield and the planner's zone cost measure with.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dreamlink.runtime.zone_geometry import Polygon, cross, ring_edges, segments_distance
+
 MAX_ARC_STEP_RAD = math.pi / 8  # corners around a convex vertex: at most 22.5 degrees of turn each (as the 16-gon)
-CIRCLE_SIDES = 16
 TOLERANCE_M = 1e-6  # a segment along an inflated edge is at the clearance exactly, up to rounding
 
-__all__ = ["KeepOutError", "circle_polygon", "distance_to_zones", "route_around"]
+__all__ = ["KeepOutError", "distance_to_zones", "route_around"]
 
 
 class KeepOutError(ValueError):
@@ -46,23 +48,12 @@ class KeepOutError(ValueError):
         self.zone = zone
 
 
-def circle_polygon(center_ne: Sequence[float] | np.ndarray, radius_m: float, sides: int = CIRCLE_SIDES) -> np.ndarray:
-    """[sides,2] the regular polygon circumscribing the circle: its edges touch the circle, its corners are
-    radius / cos(pi / sides) out, so every point of the circle is inside."""
-    if not (math.isfinite(radius_m) and radius_m > 0):
-        raise ValueError(f"circle radius: expected metres > 0, got {radius_m!r}")
-    center = np.asarray(center_ne, dtype=np.float64).reshape(2)
-    angle = 2.0 * math.pi * np.arange(sides) / sides
-    corner_m = radius_m / math.cos(math.pi / sides)
-    return center + corner_m * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-
-
 def distance_to_zones(points_ne: np.ndarray, keep_out: Sequence[np.ndarray]) -> np.ndarray:
     """points [...,2] -> [...] metres to the nearest zone, 0 inside one; inf without zones."""
     p = np.asarray(points_ne, dtype=np.float64)
     out = np.full(p.shape[:-1], np.inf)
     for i, polygon in enumerate(keep_out):
-        out = np.minimum(out, _distance_to_polygon(p, _ring(polygon, i)))
+        out = np.minimum(out, Polygon(_ring(polygon, i)).distance_m(p))
     return out
 
 
@@ -85,16 +76,17 @@ def route_around(
     start = np.asarray(start_ne, dtype=np.float64).reshape(2)
     end = np.asarray(end_ne, dtype=np.float64).reshape(2)
     rings = [_ring(polygon, i) for i, polygon in enumerate(keep_out)]
+    polygons = [Polygon(ring) for ring in rings]
     for name, point in ((start_name, start), (end_name, end)):
-        _check_clear(name, point, rings, clearance_m)
+        _check_clear(name, point, polygons, clearance_m)
     straight = [(float(start[0]), float(start[1])), (float(end[0]), float(end[1]))]
     if not rings or _segments_clearance(start[None], end[None], rings)[0] >= clearance_m - TOLERANCE_M:
         return straight
 
     corners = np.concatenate([_corners(ring, clearance_m) for ring in rings])
     keep = np.ones(len(corners), dtype=bool)
-    for ring in rings:
-        keep &= _distance_to_polygon(corners, ring) >= clearance_m - TOLERANCE_M
+    for polygon in polygons:
+        keep &= polygon.distance_m(corners) >= clearance_m - TOLERANCE_M
     points = np.concatenate([start[None], end[None], corners[keep]])  # [N,2]: 0 is the start, 1 the end
     i, j = np.triu_indices(len(points), k=1)
     visible = _segments_clearance(points[i], points[j], rings) >= clearance_m - TOLERANCE_M
@@ -128,7 +120,7 @@ def _ring(polygon: np.ndarray, index: int) -> np.ndarray:
     v = v[keep] if keep.any() else v[:1]
     if len(v) < 3:
         raise ValueError(f"keep-out zone {index}: expected at least 3 distinct vertices, got {len(v)}")
-    area2 = float(np.sum(_cross(v, np.roll(v, -1, axis=0))))
+    area2 = float(np.sum(cross(v, np.roll(v, -1, axis=0))))
     if area2 == 0:
         raise ValueError(f"keep-out zone {index}: its vertices enclose no area (all on one line)")
     return v if area2 > 0 else v[::-1].copy()
@@ -137,7 +129,7 @@ def _ring(polygon: np.ndarray, index: int) -> np.ndarray:
 def _corners(ring: np.ndarray, clearance_m: float) -> np.ndarray:
     """[C,2] corners of the polygon circumscribing the inflated zone, around each convex vertex of `ring`."""
     e_in, e_out = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
-    turn = np.arctan2(_cross(e_in, e_out), np.sum(e_in * e_out, axis=1))  # > 0 at a convex vertex (CCW ring)
+    turn = np.arctan2(cross(e_in, e_out), np.sum(e_in * e_out, axis=1))  # > 0 at a convex vertex (CCW ring)
     normal_in = np.arctan2(e_in[:, 1], e_in[:, 0]) - math.pi / 2  # outward normal of the edge arriving
     out = []
     for vertex, a0, th in zip(ring, normal_in, turn, strict=True):
@@ -150,9 +142,10 @@ def _corners(ring: np.ndarray, clearance_m: float) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2))
 
 
-def _check_clear(name: str, point: np.ndarray, rings: list[np.ndarray], clearance_m: float) -> None:
-    for i, ring in enumerate(rings):
-        distance_m = float(_distance_to_polygon(point, ring))
+def _check_clear(name: str, point: np.ndarray, polygons: list[Polygon], clearance_m: float) -> None:
+    for i, polygon in enumerate(polygons):
+        ring = polygon.vertices
+        distance_m = float(polygon.distance_m(point))
         if distance_m < clearance_m - TOLERANCE_M:
             how = "is inside" if distance_m == 0 else f"is {distance_m:.1f} m from"
             raise KeepOutError(f"{name} at {_where(point)} {how} keep-out zone {i} (around {_where(ring.mean(0))}), "
@@ -163,48 +156,12 @@ def _where(ne: np.ndarray) -> str:
     return f"{ne[0]:.1f} m N, {ne[1]:.1f} m E"
 
 
-def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-
-def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Points p to segments ab, broadcasting over the leading axes: [...,2] -> [...]."""
-    ab, ap = b - a, p - a
-    den = np.sum(ab * ab, axis=-1)
-    t = np.clip(np.sum(ap * ab, axis=-1) / np.where(den > 0, den, 1.0), 0.0, 1.0)
-    return np.linalg.norm(ap - t[..., None] * ab, axis=-1)
-
-
-def _inside(p: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """Even-odd rule: points [...,2] -> [...] strictly inside (the boundary may go either way)."""
-    a, b = ring, np.roll(ring, -1, axis=0)  # [V,2]
-    pn, pe = p[..., 0, None], p[..., 1, None]
-    straddles = (a[:, 0] > pn) != (b[:, 0] > pn)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e_cross = a[:, 1] + (pn - a[:, 0]) * (b[:, 1] - a[:, 1]) / (b[:, 0] - a[:, 0])
-    return np.count_nonzero(straddles & (pe < e_cross), axis=-1) % 2 == 1
-
-
-def _distance_to_polygon(p: np.ndarray, ring: np.ndarray) -> np.ndarray:
-    """Points [...,2] -> [...] metres to the polygon's boundary, 0 inside."""
-    a, b = ring, np.roll(ring, -1, axis=0)
-    edge_m = _point_segment_distance(p[..., None, :], a, b).min(axis=-1)
-    return np.where(_inside(p, ring), 0.0, edge_m)
-
-
 def _segments_clearance(p0: np.ndarray, p1: np.ndarray, rings: list[np.ndarray]) -> np.ndarray:
     """Segments p0 p1 [P,2] -> [P] metres to the nearest zone edge (0 where one crosses an edge). Inside a zone
     without crossing an edge means an endpoint inside, which the callers have excluded."""
     out = np.full(len(p0), np.inf)
     for ring in rings:
-        q0, q1 = ring[None], np.roll(ring, -1, axis=0)[None]  # [1,V,2]
-        s0, s1 = p0[:, None], p1[:, None]  # [P,1,2]
-        d1, d2 = _cross(q1 - q0, s0 - q0), _cross(q1 - q0, s1 - q0)
-        d3, d4 = _cross(s1 - s0, q0 - s0), _cross(s1 - s0, q1 - s0)
-        crossing = (d1 * d2 < 0) & (d3 * d4 < 0)  # touching cases leave an endpoint on the other segment: distance 0
-        apart = np.minimum(np.minimum(_point_segment_distance(s0, q0, q1), _point_segment_distance(s1, q0, q1)),
-                           np.minimum(_point_segment_distance(q0, s0, s1), _point_segment_distance(q1, s0, s1)))
-        out = np.minimum(out, np.where(crossing, 0.0, apart).min(axis=1))
+        out = np.minimum(out, segments_distance(p0[:, None], p1[:, None], *ring_edges(ring)).min(axis=1))
     return out
 
 

@@ -24,11 +24,10 @@ import numpy as np
 from dreamlink.firmware_bridge.ground_station import GOTO, LAND, PAUSE, RESUME, RETURN, GcsRequest, MissionReporter
 from dreamlink.firmware_bridge.link import mavlink
 from dreamlink.firmware_bridge.mission_items import MISSION_TYPE_FENCE, MISSION_TYPE_MISSION, MissionItem
-from dreamlink.runtime.detour import circle_polygon
 from dreamlink.runtime.geo import LocalFrame, altitude_amsl_m
 from dreamlink.runtime.mission_path import MissionPath, PathConfig
 from dreamlink.runtime.plan_files import FenceCircle, FencePolygon, read_mission_file
-from dreamlink.runtime.zones import KeepOutCircle, KeepOutPolygon, Zones
+from dreamlink.runtime.zones import KeepOut, KeepOutCircle, KeepOutPolygon, Zones
 from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ class PlannedMission:
 
     path: MissionPath
     zones: Zones
-    keep_out_ne: tuple[np.ndarray, ...]  # the zones' outlines [V,2] (circles as polygons), for plots
+    keep_out_ne: tuple[np.ndarray, ...]  # the zones' outlines [V,2] the path goes around (circles as 16-gons)
     frame: LocalFrame
     home_ned: np.ndarray
     source: str
@@ -91,20 +90,17 @@ def load_mission(source: str, frame: LocalFrame, home_ned: np.ndarray, takeoff_a
         planned = read_mission_file(Path(source))
         items, fence, name = list(planned.items), planned.fence, str(source)
         speed_mps = planned.hover_speed_mps or speed_mps
-    keep_out: list[np.ndarray] = []
-    zones: list[KeepOutPolygon | KeepOutCircle] = []
+    zones: list[KeepOut] = []
     for zone in fence:
         if zone.inclusion:
             log.info("%s: an inclusion fence is left to the autopilot's own fence", name)
             continue
         if isinstance(zone, FencePolygon):
-            outline = zone.vertices_ne_m(frame)
-            zones.append(KeepOutPolygon(tuple((float(n), float(e)) for n, e in outline)))
+            zones.append(KeepOutPolygon(tuple((float(n), float(e)) for n, e in zone.vertices_ne_m(frame))))
         else:
             centre = zone.center_ne_m(frame)
             zones.append(KeepOutCircle((float(centre[0]), float(centre[1])), float(zone.radius_m)))
-            outline = circle_polygon(centre, zone.radius_m)
-        keep_out.append(np.asarray(outline, dtype=np.float64))
+    keep_out = [z.outline_ne_m for z in zones]  # the same zones for the path: a circle as its circumscribed 16-gon
     path = MissionPath.from_items(items, frame, takeoff_altitude_m, speed_mps, home_ned, config=config,
                                   keep_out=keep_out, clearance_m=clearance_m)
     cap_mps = config.max_horizontal_speed_mps if config is not None else math.inf

@@ -29,7 +29,7 @@ The path (`MissionPath.from_items`):
   altitude, stops, descends at the descent limit to `land_slow_altitude_m` and at `land_speed_mps` to the ground;
   NAV_RETURN_TO_LAUNCH does the same above home (no climb to an RTL altitude first). Ground is home's altitude:
   without a terrain model, nothing better is known. Either ends the mission; items after it are refused.
-- Keep-out zones (`keep_out`, polygons in north/east metres; a circle as `detour.circle_polygon`): each leg goes
+- Keep-out zones (`keep_out`, polygons in north/east metres; a circle as `zone_geometry.circle_polygon`): each leg goes
   around them at `clearance_m` (`detour.route_around`: the planner's ~1 s horizon cannot find the way around a
   zone the reference runs through; it stalls at the border). The detour's corners are vertices of the path but not
   waypoints: `waypoints_ned`, `waypoint_seq` and `arrival_s` name the mission's items only. Altitude changes

@@ -3,14 +3,16 @@
 Everything is in the autopilot's local NED frame, in metres, on the north/east plane: a zone is a
 vertical prism, unbounded in altitude, so only the horizontal position and velocity matter.
 
-A zone enters a flight twice:
+A zone enters a flight three times:
 
+- in the mission path, which goes around its `outline_ne_m` at a clearance (`detour.route_around`;
+  a circle as the polygon circumscribing it), so the reference never runs through it;
 - as a cost in the imagined futures (`ZoneCost`, given to `MppiPlanner(extra_cost=...)`), so the
   planner goes around in time; and
 - as a hard check in the shield (`ShieldLimits.zones`): a setpoint whose short lookahead enters a
   zone is replaced by the closest safe one, and the intervention is counted (`ShieldResult.zoned`).
 
-Both see the zones inflated by `Zones.margin_m`, the buffer that absorbs tracking error and position
+The cost and the shield see the zones inflated by `Zones.margin_m`, the buffer that absorbs tracking error and position
 noise. The fused ONNX planner graph carries its cost terms inside the graph and cannot call back into
 numpy, and its graph is not changed for zones: a flight with keep-out zones plans with the numpy
 `MppiPlanner` (the runtime chooses it), and the shield checks every setpoint whichever planner ran.
@@ -18,7 +20,8 @@ numpy, and its graph is not changed for zones: a flight with keep-out zones plan
 Conventions: `signed_distance_m` is negative inside, positive outside, zero on the boundary, and
 "inside" is strict (a point on the inflated boundary is not inside: touching the buffer is allowed).
 Polygons may be any simple polygon, convex or not (even-odd rule for inside, distance to the edges for
-the magnitude); a ring whose last vertex repeats the first is accepted and closed implicitly.
+the magnitude); a ring whose last vertex repeats the first is accepted and closed implicitly. The
+distances themselves are `zone_geometry`'s, which the detour measures with too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dreamlink.runtime.zone_geometry import (
+    Polygon,
+    circle_polygon,
+    cross,
+    distance_to_convex,
+    inside_convex,
+    point_segment_distance,
+    ring_edges,
+    segments_distance,
+)
 from dreamlink.spec import VehicleSpec
 
 ZONE_WEIGHT = 1000.0  # cost of one imagined step inside a zone, in task cost units (before the depth term)
@@ -47,59 +60,12 @@ __all__ = [
 ]
 
 
-def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-
-def _point_segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance from points p to segments ab, broadcasting over the leading axes; [...,2] -> [...]."""
-    abn, abe = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
-    apn, ape = p[..., 0] - a[..., 0], p[..., 1] - a[..., 1]
-    den = abn * abn + abe * abe
-    t = np.clip((apn * abn + ape * abe) / np.where(den > 0, den, 1.0), 0.0, 1.0)
-    return np.hypot(apn - t * abn, ape - t * abe)
-
-
-def _segments_distance(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Distance between segments ab and cd (0 where they cross), broadcasting; [...,2] -> [...]."""
-    a, b, c, d = np.broadcast_arrays(a, b, c, d)
-    crossing = (_cross(b - a, c - a) * _cross(b - a, d - a) < 0) & (_cross(d - c, a - c) * _cross(d - c, b - c) < 0)
-    ends = _point_segment_distance(np.stack([a, b, c, d]), np.stack([c, c, a, a]), np.stack([d, d, b, b]))
-    return np.where(crossing, 0.0, ends.min(axis=0))
-
-
-def _ring_edges(vertices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Edges (starts, ends) [...,m,2] of closed rings [...,m,2]; a single point is one zero-length edge."""
-    return vertices, np.roll(vertices, -1, axis=-2)
-
-
-def _inside_convex(points: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """Points [...,P,2] strictly inside the convex polygons `regions` [...,m,2] (either winding) -> [...,P];
-    a degenerate region (a point, a segment) has no inside: its edges carry the distance."""
-    a, b = _ring_edges(regions)
-    area2 = _cross(a, b).sum(axis=-1)  # [...]
-    side = _cross((b - a)[..., None, :, :], points[..., :, None, :] - a[..., None, :, :])  # [...,P,m]
-    inside = np.all(side * np.sign(area2)[..., None, None] > 0, axis=-1)
-    return inside & (np.abs(area2) > 1e-12)[..., None]
-
-
-def _distance_to_convex(points: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """Distance from points [...,P,2] to the filled convex polygons `regions` [...,m,2] (0 inside) -> [...,P]."""
-    a, b = _ring_edges(regions)
-    dist = _point_segment_distance(points[..., :, None, :], a[..., None, :, :], b[..., None, :, :]).min(axis=-1)
-    return np.where(_inside_convex(points, regions), 0.0, dist)
-
-
 @dataclass(frozen=True)
 class KeepOutPolygon:
     """A simple polygon (convex or not), vertices (north, east) in metres in either winding."""
 
     vertices_ne_m: tuple[tuple[float, float], ...]
-    _a: np.ndarray = field(init=False, repr=False, compare=False)  # edge starts = the vertices [M,2]
-    _b: np.ndarray = field(init=False, repr=False, compare=False)  # edge ends [M,2]
-    _ab: np.ndarray = field(init=False, repr=False, compare=False)  # edge vectors [M,2]
-    _inv_len2: np.ndarray = field(init=False, repr=False, compare=False)  # 1 / squared edge lengths [M]
-    _n_per_e: np.ndarray = field(init=False, repr=False, compare=False)  # edge slope dn/de [M] (0 if flat)
+    _polygon: Polygon = field(init=False, repr=False, compare=False)  # the edges, precomputed
 
     def __post_init__(self) -> None:
         try:
@@ -113,56 +79,42 @@ class KeepOutPolygon:
         arr = np.array(v, dtype=np.float64).reshape(-1, 2)
         if len(arr) < 3 or not np.all(np.isfinite(arr)):
             raise ValueError(f"KeepOutPolygon: need at least 3 finite (north_m, east_m) vertices, got {v}")
-        a, b = _ring_edges(arr)
+        a, b = ring_edges(arr)
         if np.any(np.all(a == b, axis=1)):
             raise ValueError(f"KeepOutPolygon: repeated consecutive vertex in {v}; drop the duplicate")
-        if abs(0.5 * float(np.sum(_cross(a, b)))) < 1e-9:
+        if abs(0.5 * float(np.sum(cross(a, b)))) < 1e-9:
             raise ValueError(f"KeepOutPolygon: the vertices {v} enclose no area")
         m = len(arr)
         i, j = np.triu_indices(m, k=2)
         apart = (j - i) % m != m - 1  # the first and last edge share a vertex too
         i, j = i[apart], j[apart]
-        touching = _segments_distance(a[i], b[i], a[j], b[j]) <= 0.0
+        touching = segments_distance(a[i], b[i], a[j], b[j]) <= 0.0
         if np.any(touching):
             k = int(np.argmax(touching))
             raise ValueError(f"KeepOutPolygon: edges {int(i[k])} and {int(j[k])} cross or touch; a zone must be a "
                              f"simple polygon (list the vertices in boundary order, split a figure-eight in two)")
-        object.__setattr__(self, "_a", a)
-        object.__setattr__(self, "_b", b)
-        ab = b - a
-        object.__setattr__(self, "_ab", ab)
-        object.__setattr__(self, "_inv_len2", 1.0 / np.sum(ab * ab, axis=1))
-        flat = ab[:, 1] == 0  # edges of constant east: the even-odd ray (constant east) never straddles them
-        object.__setattr__(self, "_n_per_e", np.where(flat, 0.0, ab[:, 0] / np.where(flat, 1.0, ab[:, 1])))
+        object.__setattr__(self, "_polygon", Polygon(arr))
 
     @property
     def bounds_ne_m(self) -> tuple[np.ndarray, np.ndarray]:
         """The bounding box: (min [2], max [2])."""
-        return self._a.min(axis=0), self._a.max(axis=0)
+        return self._polygon.vertices.min(axis=0), self._polygon.vertices.max(axis=0)
 
-    def _even_odd(self, points: np.ndarray) -> np.ndarray:
-        """Inside by the even-odd rule (a ray towards +north crosses the boundary an odd number of times);
-        points [...,2] -> bool [...]. Points on the boundary may land either way: callers use the distance."""
-        pn, pe = points[..., None, 0], points[..., None, 1]  # [...,1]
-        ae, be = self._a[:, 1], self._b[:, 1]
-        straddles = (ae > pe) != (be > pe)
-        n_cross = self._a[:, 0] + (pe - ae) * self._n_per_e
-        return np.count_nonzero(straddles & (pn < n_cross), axis=-1) % 2 == 1
+    @property
+    def outline_ne_m(self) -> np.ndarray:
+        """The vertices [M,2]: what the mission path goes around."""
+        return np.array(self.vertices_ne_m, dtype=np.float64)
 
     def signed_distance_m(self, points_ne: np.ndarray) -> np.ndarray:
         """Signed distance to the boundary (negative inside); points [...,2] -> [...] float64."""
-        p = np.asarray(points_ne, dtype=np.float64)
-        apn, ape = p[..., None, 0] - self._a[:, 0], p[..., None, 1] - self._a[:, 1]  # [...,M]
-        t = np.clip((apn * self._ab[:, 0] + ape * self._ab[:, 1]) * self._inv_len2, 0.0, 1.0)
-        dn, de = apn - t * self._ab[:, 0], ape - t * self._ab[:, 1]
-        dist = np.sqrt((dn * dn + de * de).min(axis=-1))
-        return np.where(self._even_odd(p), -dist, dist)
+        return self._polygon.signed_distance_m(points_ne)
 
     def distance_to_regions_m(self, regions: np.ndarray) -> np.ndarray:
         """Distance between the filled polygon and each filled convex region [N,m,2] (0 where they overlap) -> [N]."""
-        overlap = self._even_odd(regions).any(axis=-1) | _inside_convex(self._a, regions).any(axis=-1)
-        ra, rb = _ring_edges(regions)
-        dist = _segments_distance(ra[:, :, None], rb[:, :, None], self._a, self._b).min(axis=(1, 2))
+        a, b = self._polygon.vertices, self._polygon.ends
+        overlap = self._polygon.even_odd(regions).any(axis=-1) | inside_convex(a, regions).any(axis=-1)
+        ra, rb = ring_edges(regions)
+        dist = segments_distance(ra[:, :, None], rb[:, :, None], a, b).min(axis=(1, 2))
         return np.where(overlap, 0.0, dist)
 
     def no_deeper_than_m(self, regions: np.ndarray, depth_m: float) -> np.ndarray:
@@ -173,20 +125,21 @@ class KeepOutPolygon:
         being convex, bounds every point of the intersection. A path leaving through the nearest edge passes."""
         tol = CLEARANCE_TOLERANCE_M
         n = len(regions)
-        ra, rb = _ring_edges(regions)
-        e_ab, e_cd = (rb - ra)[:, :, None], self._b - self._a  # [N,m,1,2], [M,2]
-        den = _cross(e_ab, e_cd)  # [N,m,M]
-        ac = self._a - ra[:, :, None]  # [N,m,M,2]
+        a, b = self._polygon.vertices, self._polygon.ends
+        ra, rb = ring_edges(regions)
+        e_ab, e_cd = (rb - ra)[:, :, None], b - a  # [N,m,1,2], [M,2]
+        den = cross(e_ab, e_cd)  # [N,m,M]
+        ac = a - ra[:, :, None]  # [N,m,M,2]
         with np.errstate(divide="ignore", invalid="ignore"):
-            t, u = _cross(ac, e_cd) / den, _cross(ac, e_ab) / den
+            t, u = cross(ac, e_cd) / den, cross(ac, e_ab) / den
         meet = (np.abs(den) > 1e-12) & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)
         crossings = ra[:, :, None] + np.where(meet, t, 0.0)[..., None] * e_ab  # [N,m,M,2]
         points = np.concatenate(
-            [regions, np.broadcast_to(self._a, (n, *self._a.shape)), crossings.reshape(n, -1, 2)], axis=1)
+            [regions, np.broadcast_to(a, (n, *a.shape)), crossings.reshape(n, -1, 2)], axis=1)
         counted = np.concatenate(
-            [self.signed_distance_m(regions) <= tol, _distance_to_convex(self._a, regions) <= tol,
+            [self.signed_distance_m(regions) <= tol, distance_to_convex(a, regions) <= tol,
              meet.reshape(n, -1)], axis=1)  # [N,P]
-        d = _point_segment_distance(points[:, :, None, :], self._a, self._b)  # [N,P,M]
+        d = point_segment_distance(points[:, :, None, :], a, b)  # [N,P,M]
         worst = np.where(counted[..., None], d, 0.0).max(axis=1)  # [N,M] farthest counted point from each edge
         return np.any(worst <= depth_m, axis=-1)
 
@@ -220,7 +173,13 @@ class KeepOutCircle:
     def min_signed_distance_m(self, regions: np.ndarray) -> np.ndarray:
         """The smallest signed distance over each filled convex region [N,m,2] (exact) -> [N]."""
         centre = np.asarray(self.centre_ne_m, dtype=np.float64)[None]  # [1,2]
-        return _distance_to_convex(centre, regions)[:, 0] - self.radius_m
+        return distance_to_convex(centre, regions)[:, 0] - self.radius_m
+
+    @property
+    def outline_ne_m(self) -> np.ndarray:
+        """[16,2] the regular polygon circumscribing the circle (`circle_polygon`): what the mission path goes
+        around, so the path's clearance holds from the circle too."""
+        return circle_polygon(self.centre_ne_m, self.radius_m)
 
 
 KeepOut = KeepOutPolygon | KeepOutCircle
