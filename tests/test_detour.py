@@ -12,7 +12,8 @@ import pytest
 from dreamlink.firmware_bridge.mission_items import MissionItem
 from dreamlink.runtime.detour import KeepOutError, route_around
 from dreamlink.runtime.geo import LocalFrame
-from dreamlink.runtime.mission_path import MissionError, MissionPath, PathConfig
+from dreamlink.runtime.mission_commands import MissionError
+from dreamlink.runtime.mission_path import MissionPath, PathConfig
 from dreamlink.runtime.plan_files import FencePolygon, read_mission_file
 from dreamlink.runtime.zone_geometry import circle_polygon
 

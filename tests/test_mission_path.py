@@ -11,7 +11,8 @@ import pytest
 
 from dreamlink.firmware_bridge.mission_items import MissionItem
 from dreamlink.runtime.geo import LocalFrame
-from dreamlink.runtime.mission_path import MissionError, MissionPath, PathConfig, path_config_for
+from dreamlink.runtime.mission_commands import MissionError
+from dreamlink.runtime.mission_path import MissionPath, PathConfig, path_config_for
 from dreamlink.runtime.plan_files import read_mission_file
 from dreamlink.spec import CARTPOLE, QUAD
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dreamlink.runtime.geo import LocalFrame
-from dreamlink.runtime.mission_path import (
+from dreamlink.runtime.mission_commands import (
     MAV_CMD_DO_CHANGE_SPEED,
     MAV_CMD_NAV_RETURN_TO_LAUNCH,
     MAV_CMD_NAV_TAKEOFF,

@@ -26,7 +26,7 @@ import numpy as np
 
 from dreamlink.firmware_bridge.mission_items import MissionItem
 from dreamlink.runtime.geo import LocalFrame
-from dreamlink.runtime.mission_path import MissionError, check_items
+from dreamlink.runtime.mission_commands import MissionError, check_items
 
 
 @dataclass(frozen=True)
