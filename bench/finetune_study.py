@@ -25,14 +25,13 @@ import numpy as np
 import torch
 
 from dreamlink.calibration.kstep import kstep_curve
+from dreamlink.calibration.reference_logs import FLIGHT_LOGS, require_sitl_logs
 from dreamlink.calibration.tlog_data import tlog_to_transitions
 from dreamlink.learning.train import TrainConfig, load_checkpoint, train_world_model
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.spec import QUAD
 
-LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sitl-logs"
-FLIGHTS = {"ardupilot": "ardupilot-copter-excitation.tlog", "px4": "px4-sih-excitation.tlog"}
 KS = (15, 30, 45)
 CHUNK = 250  # 5 s pieces
 
@@ -60,10 +59,14 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--out", type=Path, default=Path("runs/finetune-study"))
     args = p.parse_args()
+    try:
+        logs = require_sitl_logs(FLIGHT_LOGS.values(), Path(__file__))
+    except FileNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for flavour, name in FLIGHTS.items():
-        real = tlog_to_transitions(LOGS / name, QUAD, flavour).chunked(CHUNK)
+    for flavour, name in FLIGHT_LOGS.items():
+        real = tlog_to_transitions(logs / name, QUAD, flavour).chunked(CHUNK)
         ids = np.unique(real.episode)
         n_hold = max(1, len(ids) // 4)
         hold = real.subset(np.isin(real.episode, ids[-n_hold:]))

@@ -18,7 +18,8 @@ import torch
 from dreamlink.bundle import Bundle, load_bundle
 from dreamlink.campaign.collect import cartpole_random_force_transitions
 from dreamlink.export.pack import pack_bundle
-from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+from dreamlink.export.planner_graph import PlannerGraphConfig
+from dreamlink.export.planner_graph_pack import pack_planner_bundle
 from dreamlink.learning.train import TrainConfig, train_world_model
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.spec import CARTPOLE

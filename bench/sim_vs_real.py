@@ -21,14 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamlink.calibration.reference_logs import FLIGHT_LOGS, require_sitl_logs
 from dreamlink.calibration.tlog_data import tlog_to_transitions
 from dreamlink.firmware_bridge.link import Link, LinkConfig
 from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.sim.launcher import SitlProcess
 from dreamlink.spec import QUAD
 
-LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sitl-logs"
-FLIGHTS = {"ardupilot": "ardupilot-copter-excitation.tlog", "px4": "px4-sih-excitation.tlog"}
 VEL = [QUAD.state_index(n) for n in ("vel_n_mps", "vel_e_mps", "vel_d_mps")]
 TILT = [QUAD.state_index(n) for n in ("roll_rad", "pitch_rad")]
 RATES = [QUAD.state_index(n) for n in ("roll_rate_radps", "pitch_rate_radps")]
@@ -78,12 +77,16 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/sim-vs-real"))
     p.add_argument("--px4-args", default="", help="extra dreamlink SITL arguments for the PX4 flavour")
     args = p.parse_args()
+    try:
+        logs = require_sitl_logs(FLIGHT_LOGS.values(), Path(__file__))
+    except FileNotFoundError as e:
+        raise SystemExit(f"{Path(__file__).name}: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     report = {}
     lines = ["| autopilot | source | mean / p95 speed (m/s) | > 2 m/s | p95 tilt | p95 body rate | lag (north) "
              "| velocity RMS difference to the real one (m/s) |", "| --- " * 8 + "|"]
-    for flavour, name in FLIGHTS.items():
-        real = tlog_to_transitions(LOGS / name, QUAD, flavour)
+    for flavour, name in FLIGHT_LOGS.items():
+        real = tlog_to_transitions(logs / name, QUAD, flavour)
         (states, actions), = real.episodes()[:1]
         altitude = float(-(states[0, QUAD.state_index("pos_d_m")] - 0.0))
         sim = replay(flavour, actions, max(2.0, altitude), tuple(args.px4_args.split()) if flavour == "px4" else ())

@@ -122,7 +122,8 @@ def export_quad_bundle(model: Any, out: Path, holdout: Any, training: dict[str, 
     from dreamlink.calibration.horizon import recommend_task_horizon
     from dreamlink.calibration.kstep import kstep_curve
     from dreamlink.demo import QUAD_TASK_TOLERANCES, export_bundle
-    from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+    from dreamlink.export.planner_graph import PlannerGraphConfig
+    from dreamlink.export.planner_graph_pack import pack_planner_bundle
     from dreamlink.runtime.session import ModelSession
 
     wm_dir = out.with_name(out.name + "-wm")

@@ -68,7 +68,8 @@ def build_quad_bundle(out: Path, flavour: str, cfg: QuadDemoConfig) -> Path:
     """Collect, train, export (world model + fused planner graph), distil the policy; the bundle folder."""
     from dreamlink.bundle import load_bundle
     from dreamlink.campaign.distill import distill_into_bundle, fly_planner_lockstep
-    from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+    from dreamlink.export.planner_graph import PlannerGraphConfig
+    from dreamlink.export.planner_graph_pack import pack_planner_bundle
     from dreamlink.learning.policy import PolicyConfig
     from dreamlink.learning.train import TrainConfig, save_checkpoint, train_world_model
     from dreamlink.learning.transitions import TransitionSet, provenance

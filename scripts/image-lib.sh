@@ -2,8 +2,11 @@
 # architecture) and scripts/image-test-arm64.sh (arm64 under qemu-user). The caller sets ARCH (a dpkg
 # architecture) and WORK, then calls image_init; the steps below run in the order a user builds an image:
 # root filesystem (debootstrap, cached), the dreamlink wheel, the overlay `dreamlink deploy` writes, and
-# setup-rootfs.sh inside it (chroot), as pi-gen's stage does.
+# setup-rootfs.sh inside it (chroot), as pi-gen's stage does. What a test starts in the background goes
+# through bg_start (scripts/bg-lib.sh), so that the cleanup stops it, wrapper and all.
 # shellcheck shell=bash
+
+. "$(dirname "${BASH_SOURCE[0]}")/bg-lib.sh"
 
 image_init() {
     REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +23,6 @@ image_init() {
     ROOT_MOUNTS=${ROOT_MOUNTS:-proc sysfs}
     NAME=$(basename "$0" .sh)
     T0=$(date +%s)
-    BG_PIDS=()
     [ "$(id -u)" = 0 ] || { echo "$NAME needs root (debootstrap, chroot, mount): sudo make $NAME"; exit 2; }
     command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; }
     mkdir -p "$CACHE" "$WORK"
@@ -40,7 +42,7 @@ image_unmount() {
 }
 
 image_cleanup() {
-    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    bg_stop_all || true  # it names what it could not stop
     image_unmount
 }
 

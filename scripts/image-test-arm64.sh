@@ -131,8 +131,7 @@ grep -q "aarch64.*NEON/asimd yes" "$WORK/doctor.out" || die "doctor does not nam
 if [ "$(uname -m)" != aarch64 ]; then grep -q EMULATED "$WORK/doctor.out" || die "doctor missed the emulation"; fi
 
 phase "flight: cart-pole SITL on the host ($(uname -m), lockstep) <- UDP 127.0.0.1:$SITL_PORT -> arm64 runtime"
-"$PY" -m dreamlink.sim cartpole --out "udp:127.0.0.1:$SITL_PORT" --lockstep --seed 11 > "$WORK/sitl.log" 2>&1 &
-BG_PIDS+=($!)
+bg_start "$PY" -m dreamlink.sim cartpole --out "udp:127.0.0.1:$SITL_PORT" --lockstep --seed 11 > "$WORK/sitl.log" 2>&1
 rm -rf "$ROOT/root/flight"
 FLY_T0=$(date +%s)
 set +e

@@ -119,7 +119,8 @@ if grep -qw run <<<"$HELP" && grep -qw sitl <<<"$HELP"; then
     EXEC=$(sed -n 's/^ExecStart=//p' "$ROOT/etc/systemd/system/dreamlink.service")
     mkdir -p "$ROOT/run/dreamlink-test"
     rm -f "$ROOT/run/dreamlink-test/"*
-    in_root $VENV/bin/python - <<'EOF' &
+    ! udp_port_bound 14550 || die "UDP 14550 is already bound (a SITL left running by an earlier run?)"
+    bg_start in_root $VENV/bin/python - <<'EOF'
 import os, socket, time
 path = "/run/dreamlink-test/notify"
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -135,9 +136,7 @@ with open("/run/dreamlink-test/notify.log", "a") as log:
         except socket.timeout:
             pass
 EOF
-    BG_PIDS+=($!)
-    in_root $VENV/bin/dreamlink sitl cartpole --out udp:127.0.0.1:14550 > "$WORK/sitl.log" 2>&1 &
-    BG_PIDS+=($!)
+    bg_start in_root $VENV/bin/dreamlink sitl cartpole --out udp:127.0.0.1:14550 > "$WORK/sitl.log" 2>&1
     sleep 1
     set +e
     in_root /bin/sh -c "cd /var/log/dreamlink && exec setpriv --reuid=dreamlink --regid=dreamlink --init-groups \
@@ -150,6 +149,9 @@ EOF
     if [ "$RUN_RC" = 0 ]; then FLIGHT="ok ($TICKS ticks)"; else FLIGHT="failed (exit $RUN_RC)"; fi
     if grep -q READY=1 "$ROOT/run/dreamlink-test/notify.log" 2>/dev/null; then READY=yes; else READY=no; fi
     FLIGHT="$FLIGHT, READY=1 received: $READY"
+    bg_stop_all || die "the SITL or the notify listener outlived the flight"
+    ! udp_port_bound 14550 || die "UDP 14550 is still bound after the SITL was stopped"
+    echo "SITL and notify listener stopped (process groups), UDP 14550 free"
 else
     echo "dreamlink run/sitl not in this CLI yet: skipping the SITL flight"
 fi

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnx_models import linear_world_model
-from shared_logs import ARDUPILOT_LOG
+from shared_logs import ARDUPILOT_LOG, needs_log
 
 from dreamlink.bundle import write_bundle
 from dreamlink.calibration.tlog_data import tlog_to_transitions
@@ -21,9 +21,7 @@ from dreamlink.cli import main
 from dreamlink.firmware_bridge.tlog import read_tlog
 from dreamlink.spec import QUAD
 
-pytestmark = pytest.mark.skipif(not ARDUPILOT_LOG.is_file(),
-                                reason=f"the real SITL log is not at {ARDUPILOT_LOG} (../shared beside the "
-                                       f"repository, or DREAMLINK_SITL_LOGS)")
+pytestmark = needs_log(ARDUPILOT_LOG)
 
 CHEAP = ["--precisions", "fp32", "--samples", "8", "--horizons", "4", "--steps", "3", "--speed-point", "8x4",
          "--max-k", "5"]

@@ -5,11 +5,13 @@ judges an outcome from the vehicle's end state, and one real row in lockstep: a 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from onnx_models import linear_world_model
 
-from dreamlink.bundle import load_bundle, update_manifest, write_bundle
+from dreamlink.bundle import BundleError, load_bundle, update_manifest, write_bundle
 from dreamlink.campaign.fault_bundles import nan_bundle, slow_bundle
 from dreamlink.campaign.fault_judging import judge, tlog_records, tlog_walk
 from dreamlink.campaign.faults import FaultRow, fly_row, table
@@ -52,6 +54,24 @@ def test_slow_bundle_computes_the_same_next_state(tmp_path):
     slow = slow_bundle(plain, tmp_path / "slow", width=64, layers=2)
     state = np.random.default_rng(0).normal(size=(5, QUAD.state_dim)).astype(np.float32)
     np.testing.assert_allclose(run_model(slow, state), run_model(plain, state), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [lambda src, dst: nan_bundle(src, dst, VEL_N, 1.0),
+                                  lambda src, dst: slow_bundle(src, dst, width=8)], ids=["nan", "slow"])
+def test_a_policy_only_bundle_is_refused_in_one_line_asking_for_a_world_model(tmp_path, make):
+    S, A = QUAD.state_dim, QUAD.action_dim
+    weights = numpy_helper.from_array(np.zeros((S, A), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["state", "w"], ["action"])], "policy",
+                              [helper.make_tensor_value_info("state", TensorProto.FLOAT, ["B", S])],
+                              [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["B", A])], [weights])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "policy.onnx"))
+    policy_only = write_bundle(tmp_path / "policy", QUAD, {"policy": (tmp_path / "policy.onnx", {"opset": 17})}).root
+    with pytest.raises(BundleError) as refused:
+        make(policy_only, tmp_path / "broken")
+    message = str(refused.value)
+    assert "\n" not in message and str(policy_only) in message
+    assert "its files: policy" in message and "give a world-model bundle" in message
+    assert not (tmp_path / "broken").exists()
 
 
 @pytest.mark.parametrize("final, estopped, outcome", [

@@ -26,9 +26,9 @@ from dreamlink.export.planner_graph import (
     PlannerGraphError,
     compose_planner,
     matmul_flops,
-    pack_planner_bundle,
     write_planner,
 )
+from dreamlink.export.planner_graph_pack import pack_planner_bundle
 from dreamlink.learning.world_model import EnsembleWorldModel, WorldModelConfig
 from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.mppi import MppiConfig, MppiPlanner, shift_plan

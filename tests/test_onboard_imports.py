@@ -18,7 +18,8 @@ import pytest
 from onnx_models import linear_world_model
 
 from dreamlink.bundle import write_bundle
-from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+from dreamlink.export.planner_graph import PlannerGraphConfig
+from dreamlink.export.planner_graph_pack import pack_planner_bundle
 from dreamlink.spec import CARTPOLE
 
 ONBOARD = [

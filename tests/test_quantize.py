@@ -18,7 +18,7 @@ from dreamlink.calibration.accuracy import one_step_error, predictor
 from dreamlink.calibration.quantize import QuantizeConfig, matmul_groups, matmul_nodes, quantize_world_model
 from dreamlink.calibration.reader import TransitionReader, load_transitions
 from dreamlink.campaign.collect import cartpole_random_force_transitions
-from dreamlink.export.planner_graph import optimize_offline
+from dreamlink.export.planner_graph_pack import optimize_offline
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.spec import CARTPOLE, QUAD
 

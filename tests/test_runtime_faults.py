@@ -145,7 +145,8 @@ def test_e_stop_from_the_ground_station_stops_the_motor_within_one_tick(tmp_path
 
 def test_a_bundle_with_a_fused_planner_graph_flies_it(tmp_path):
     """`dreamlink run` plans with the bundle's fused graph (one session.run a tick) when it has one."""
-    from dreamlink.export.planner_graph import PlannerGraphConfig, pack_planner_bundle
+    from dreamlink.export.planner_graph import PlannerGraphConfig
+    from dreamlink.export.planner_graph_pack import pack_planner_bundle
 
     plain = cartpole_bundle(tmp_path, "plain")
     fused = pack_planner_bundle(plain, tmp_path / "fused", PlannerGraphConfig(16, 5), noise_sigma=0.2).root

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from shared_logs import LOGS
+from shared_logs import PX4_LOG, needs_log
 
 from dreamlink.sim.quadrotor.modes import (
     PX4_LOITER,
@@ -104,9 +104,9 @@ def _first_masks_in(log_path: Path, limit: int) -> set[int]:
     return masks
 
 
-@pytest.mark.skipif(not (LOGS / "px4-sih-excitation.tlog").exists(), reason="real SITL logs not present")
+@needs_log(PX4_LOG)
 def test_every_mask_the_px4_log_client_sent_is_a_supported_combination() -> None:
-    masks = _first_masks_in(LOGS / "px4-sih-excitation.tlog", 260)  # hold, climb ramp, first excitation
+    masks = _first_masks_in(PX4_LOG, 260)  # hold, climb ramp, first excitation
     assert masks == {2552, 2496, 2503}
     for mask in masks:
         decoded = decode_position_target_mask(mask)

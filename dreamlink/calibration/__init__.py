@@ -3,6 +3,7 @@ imports torch.
 
 kstep.py        the compounding-error curve (k-step open-loop error) and the horizon it recommends
 tlog_data.py    .tlog flight logs -> transitions, through the runtime's own vehicle profile code
+reference_logs.py  where the real ArduPilot / PX4 SITL logs are (../shared beside the repository)
 reader.py       transitions from .tlog and .npz; the CalibrationDataReader for static quantization
 quantize.py     fp16, int8 dynamic, int8 static QDQ (MinMax / Entropy / Percentile), float islands
 accuracy.py     one-step, k-step and planner-action error per precision

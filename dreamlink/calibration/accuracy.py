@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 
 from dreamlink.calibration.kstep import KStepCurve, Predict, kstep_curve
-from dreamlink.export.planner_graph import PlannerGraphConfig, optimize_offline, write_planner
+from dreamlink.export.planner_graph import PlannerGraphConfig, write_planner
+from dreamlink.export.planner_graph_pack import optimize_offline
 from dreamlink.learning.transitions import TransitionSet
 from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.mppi import MppiConfig

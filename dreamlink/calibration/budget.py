@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from dreamlink.export.planner_graph import PlannerGraphConfig, optimize_offline, write_planner
+from dreamlink.export.planner_graph import PlannerGraphConfig, write_planner
+from dreamlink.export.planner_graph_pack import optimize_offline
 from dreamlink.runtime.fused import FusedPlanner
 from dreamlink.runtime.mppi import MppiConfig, shift_plan
 from dreamlink.runtime.session import SessionConfig

@@ -1,6 +1,6 @@
 """A bundle whose planner graph is composed around a world model at a chosen precision.
 
-Like `dreamlink.export.planner_graph.pack_planner_bundle`, but the world model is quantized by
+Like `dreamlink.export.planner_graph_pack.pack_planner_bundle`, but the world model is quantized by
 `dreamlink.calibration.quantize` first (any precision, including int8 static with its calibration).
 The bundle's `world_model` stays fp32 (the bundle format's roles are world_model, policy, planner);
 the quantized world model is kept beside the calibration report.
@@ -18,13 +18,8 @@ import onnx
 import onnxruntime as ort
 
 from dreamlink.bundle import Bundle, library_versions, load_bundle, write_bundle
-from dreamlink.export.planner_graph import (
-    DEFAULT_SESSION,
-    PlannerGraphConfig,
-    inspect_world_model,
-    optimize_offline,
-    write_planner,
-)
+from dreamlink.export.planner_graph import PlannerGraphConfig, inspect_world_model, write_planner
+from dreamlink.export.planner_graph_pack import DEFAULT_SESSION, optimize_offline
 
 FILE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8_dynamic": "int8", "int8_static": "int8"}
 

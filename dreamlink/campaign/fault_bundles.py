@@ -70,12 +70,17 @@ def trained_quad_bundle(cache_dir: Path, seconds: float = 40.0, seeds: tuple[int
 
 
 def _rewrite(src: Path, dst: Path, edit: object) -> Path:
-    """Copy bundle `src` to `dst` with its world model graph changed by `edit(model) -> None`."""
+    """Copy bundle `src` to `dst` with its world model graph changed by `edit(model) -> None`; a bundle without a
+    world model (policy-only) is refused with a `BundleError`."""
     import onnx
 
-    from dreamlink.bundle import load_bundle, write_bundle
+    from dreamlink.bundle import BundleError, load_bundle, write_bundle
 
     bundle = load_bundle(src)
+    if not bundle.has("world_model"):  # a policy-only bundle: nothing here to break
+        has = ", ".join(sorted(bundle.manifest.files)) or "none"
+        raise BundleError(f"{src}: no world model in this bundle (its files: {has}); the fault bundles are a world "
+                          f"model made to emit NaN or run slow, so give a world-model bundle")
     model = onnx.load(str(bundle.path_of("world_model")))
     edit(model)  # type: ignore[operator]
     onnx.checker.check_model(model)

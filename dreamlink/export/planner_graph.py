@@ -31,6 +31,9 @@ stays as a knob for smaller caches. `make bench` re-measures all four variants.
 
 The ensemble is propagated by its mean, as `MppiPlanner` does, so the graph is testable against
 the numpy reference sample for sample (tests/test_fused_planner.py).
+
+This module composes the graph (its node-level helpers are `graph_builder`); optimising it offline,
+quantizing the world model and packing a planner bundle are `planner_graph_pack`.
 """
 
 from __future__ import annotations
@@ -38,18 +41,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import GraphProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, helper
 
 import dreamlink
-from dreamlink.bundle import Bundle, library_versions, load_bundle, write_bundle
+from dreamlink.export.graph_builder import Builder, copy_graph_nodes, preassign
 from dreamlink.spec import VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -151,111 +151,6 @@ def _dims(v: onnx.ValueInfoProto) -> list[int | str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Copying the world model's nodes under new value names
-# ---------------------------------------------------------------------------------------------
-
-
-def _copy_graph_nodes(nodes: Iterable[NodeProto], mapping: dict[str, str], prefix: str) -> list[NodeProto]:
-    """Copies of `nodes` with every produced name prefixed and references looked up in `mapping`.
-
-    `mapping` is updated with the new names (so later nodes see them). Subgraphs (If/Loop/Scan
-    bodies) get the same treatment with a scoped copy of the mapping, so outer-scope references
-    are renamed and names stay unique across the H copies.
-    """
-    out = []
-    for node in nodes:
-        n = NodeProto()
-        n.CopyFrom(node)
-        if n.name:
-            n.name = prefix + n.name
-        for i, name in enumerate(n.input):
-            if name:
-                n.input[i] = mapping.get(name, name)
-        for attr in n.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _rename_subgraph(attr.g, dict(mapping), prefix)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    _rename_subgraph(sub, dict(mapping), prefix)
-        for i, name in enumerate(n.output):
-            if name:
-                new = mapping[name] if name in mapping and _is_preassigned(mapping, name) else prefix + name
-                mapping[name] = new
-                n.output[i] = new
-        out.append(n)
-    return out
-
-
-_PREASSIGNED_MARK = "\x00preassigned"
-
-
-def _is_preassigned(mapping: dict[str, str], name: str) -> bool:
-    return (_PREASSIGNED_MARK + name) in mapping
-
-
-def _preassign(mapping: dict[str, str], name: str, new: str) -> None:
-    """Fix the new name of a value the copied nodes produce (the world model's output)."""
-    mapping[name] = new
-    mapping[_PREASSIGNED_MARK + name] = new
-
-
-def _rename_subgraph(g: GraphProto, mapping: dict[str, str], prefix: str) -> None:
-    for v in g.input:
-        mapping[v.name] = prefix + v.name
-        v.name = prefix + v.name
-    for init in g.initializer:
-        mapping[init.name] = prefix + init.name
-        init.name = prefix + init.name
-    new_nodes = _copy_graph_nodes(g.node, mapping, prefix)
-    del g.node[:]
-    g.node.extend(new_nodes)
-    for v in g.output:
-        v.name = mapping.get(v.name, v.name)
-    del g.value_info[:]
-
-
-# ---------------------------------------------------------------------------------------------
-# A small builder: names, constants and opset-dependent forms
-# ---------------------------------------------------------------------------------------------
-
-
-class _Builder:
-    def __init__(self, opset: int, prefix: str = "p/") -> None:
-        self.opset = opset
-        self.prefix = prefix
-        self.nodes: list[NodeProto] = []
-        self.inits: list[TensorProto] = []
-        self._n = 0
-
-    def name(self, hint: str) -> str:
-        self._n += 1
-        return f"{self.prefix}{hint}_{self._n}"
-
-    def const(self, value: np.ndarray | float | list[int], hint: str, dtype: type = np.float32) -> str:
-        arr = np.asarray(value, dtype=dtype)
-        name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, n_out: int = 1, **attrs: object) -> str:
-        outs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0] + "/node", **attrs))
-        return outs[0]
-
-    def op_multi(self, op_type: str, inputs: list[str], n_out: int, hint: str, **attrs: object) -> list[str]:
-        outs = [self.name(hint) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0] + "/node", **attrs))
-        return outs
-
-    def reduce(self, op_type: str, x: str, axes: list[int], keepdims: int, hint: str | None = None) -> str:
-        """ReduceSum takes axes as an input from opset 13, the others from 18."""
-        as_input = self.opset >= (13 if op_type == "ReduceSum" else 18)
-        if as_input:
-            return self.op(op_type, [x, self.const(axes, "axes", np.int64)], hint, keepdims=keepdims)
-        return self.op(op_type, [x], hint, axes=axes, keepdims=keepdims)
-
-
-# ---------------------------------------------------------------------------------------------
 # Composition
 # ---------------------------------------------------------------------------------------------
 
@@ -280,7 +175,7 @@ def compose_planner(
             f"{where}: state/action widths {S}/{A}, but spec {spec.name!r} has {spec.state_dim}/{spec.action_dim}"
         )
     K, H = config.samples, config.horizon
-    b = _Builder(info.opset)
+    b = Builder(info.opset)
     f32 = TensorProto.FLOAT
     graph_inputs = [
         helper.make_tensor_value_info("state", f32, [S]),
@@ -325,8 +220,8 @@ def compose_planner(
         mapping = dict(wm_inits)
         mapping["state"], mapping["action"] = x, u
         pred = f"{tag}pred"
-        _preassign(mapping, "next_state", pred)
-        out_nodes.extend(_copy_graph_nodes(wm.graph.node, mapping, tag))
+        preassign(mapping, "next_state", pred)
+        out_nodes.extend(copy_graph_nodes(wm.graph.node, mapping, tag))
         if E == 1:
             return pred, ""
         saved, b.nodes = b.nodes, out_nodes
@@ -411,7 +306,7 @@ def compose_planner(
     return model
 
 
-def _loop_rollout(b: _Builder, x0: str, samples_t: str, step, K: int, H: int, S: int, E: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _loop_rollout(b: Builder, x0: str, samples_t: str, step, K: int, H: int, S: int, E: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     """The rollout as an ONNX Loop over H: carried x [K,S], scanned x and the members' predictions."""
     f32 = TensorProto.FLOAT
     body_nodes: list[NodeProto] = []
@@ -451,7 +346,7 @@ def _loop_rollout(b: _Builder, x0: str, samples_t: str, step, K: int, H: int, S:
     return traj, preds
 
 
-def _cost(b: _Builder, traj: str, samples: str, H: int) -> str:
+def _cost(b: Builder, traj: str, samples: str, H: int) -> str:
     """`dreamlink.runtime.tasks.trajectory_cost` as graph nodes: [K,H+1,S], [K,H,A] -> [K]."""
     nxt = b.op("Slice", [traj, b.const([1], "starts", np.int64), b.const([H + 1], "ends", np.int64),
                          b.const([1], "axes", np.int64)], "traj_next")  # [K,H,S]
@@ -469,7 +364,7 @@ def _cost(b: _Builder, traj: str, samples: str, H: int) -> str:
     return b.op("Add", [b.op("Add", [state_cost, act_cost]), walls], "costs_sum")
 
 
-def _nonfinite_to_inf(b: _Builder, costs: str, traj: str) -> tuple[str, str]:
+def _nonfinite_to_inf(b: Builder, costs: str, traj: str) -> tuple[str, str]:
     """`dreamlink.runtime.mppi.nonfinite_to_inf` as graph nodes: a sample whose trajectory [K,H+1,S] or cost [K]
     is not finite costs +inf. Returns (costs [K], how many samples that was [] int64)."""
     def nonfinite(x: str) -> str:
@@ -482,7 +377,7 @@ def _nonfinite_to_inf(b: _Builder, costs: str, traj: str) -> tuple[str, str]:
     return safe, count
 
 
-def _update(b: _Builder, config: PlannerGraphConfig, samples: str, costs: str, H: int, A: int) -> dict[str, str]:
+def _update(b: Builder, config: PlannerGraphConfig, samples: str, costs: str, H: int, A: int) -> dict[str, str]:
     """The new plan from `costs` [K] (+inf for a non-finite sample): it weighs nothing, and is an elite only when
     fewer finite samples than elites are left, then masked out. With no finite sample the plan is NaN, as
     `MppiPlanner`'s."""
@@ -507,7 +402,7 @@ def _update(b: _Builder, config: PlannerGraphConfig, samples: str, costs: str, H
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: save, optimise offline, quantize
+# Files and figures: save the graph, count the world model's work
 # ---------------------------------------------------------------------------------------------
 
 
@@ -525,61 +420,6 @@ def write_planner(
     log.info("planner graph %s: %s K=%d H=%d (%d nodes)", out, config.method, config.samples, config.horizon,
              len(model.graph.node))
     return out
-
-
-def optimize_offline(src: str | os.PathLike[str], dst: str | os.PathLike[str], level: str = "extended") -> Path:
-    """Let ONNX Runtime optimise `src` once and save the result (`SessionOptions.optimized_model_filepath`).
-
-    "extended" fuses what ORT fuses on CPU (e.g. MatMul+Add, SiLU patterns) into contrib ops that any
-    CPU build of ORT runs; "all" adds layout transforms tied to this machine's CPU, so a file meant
-    for another device should stay at "extended". A session on the result can skip optimisation
-    at start (`graph_optimization="disable"`), which shortens start-to-first-command.
-    """
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if level not in levels:
-        raise ValueError(f"optimize_offline level: expected one of {sorted(levels)}, got {level!r}")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = levels[level]
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    ort.InferenceSession(str(src), sess_options=opts, providers=["CPUExecutionProvider"],
-                         disabled_optimizers=keep_unfused(onnx.load(str(src), load_external_data=False)))
-    return Path(dst)
-
-
-def keep_unfused(model: ModelProto) -> list[str]:
-    """ORT fusions to leave out for `model`: MatMulAddFusion when a MatMul reads dequantized weights.
-
-    ORT fuses MatMul + bias Add into Gemm before its QDQ pass; a Gemm fed by DequantizeLinear then
-    runs in float on weights dequantized every run, and the int8 speed is lost. Without that
-    fusion the DQ -> MatMul pairs become MatMulIntegerToFloat as intended (tests/test_quantize.py).
-    """
-    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    qdq_matmul = any(n.op_type == "MatMul" and any(i in dequantized for i in n.input) for n in model.graph.node)
-    return ["MatMulAddFusion"] if qdq_matmul else []
-
-
-def quantize_world_model_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """Dynamic int8 quantization of the world model's MatMul weights (activations quantized per run).
-
-    Done on the world model before composing, so the planner graph around it is the same code
-    path as fp32 and the weights are quantized once, not once per unrolled step.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-    model = onnx.load(str(dst))
-    src_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    have = {p.key for p in model.metadata_props}
-    for key, value in src_meta.items():
-        if key not in have:
-            model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(dst))
-    return Path(dst)
 
 
 def matmul_flops(world_model: ModelProto | str | os.PathLike[str], batch: int) -> int:
@@ -604,74 +444,3 @@ def matmul_flops(world_model: ModelProto | str | os.PathLike[str], batch: int) -
             members = int(np.prod(dims[:-2])) if len(dims) > 2 else 1
             total += 2 * batch * members * dims[-2] * dims[-1]
     return total
-
-
-# ---------------------------------------------------------------------------------------------
-# Bundles with a planner graph
-# ---------------------------------------------------------------------------------------------
-
-# The session settings a planner bundle records (manifest `calibration.session`), and why:
-# one intra-op thread (the other core belongs to the MAVLink receive thread and, in SITL, the
-# simulator; on a 2-core box a second planner thread makes every step hostage to whatever else
-# runs, see docs/performance.md); no spinning (with one thread there is no pool to spin; with two,
-# spinning workers keep a core busy after each run, which measured here slowed the next thing on
-# that core by up to 2x); and no optimisation at load, because the file is already ORT-optimised
-# offline (`optimize_offline`, "extended": contrib fusions that any CPU build runs, no CPU-specific
-# layouts), which shortens start-up.
-DEFAULT_SESSION = {
-    "intra_op_threads": 1,
-    "inter_op_threads": 1,
-    "allow_spinning": False,
-    "graph_optimization": "disable",
-    "optimized_offline": "extended",
-    "mem_arena": True,  # SessionConfig's defaults, written out: a bundle says how it was measured
-    "mem_pattern": False,
-}
-
-
-def pack_planner_bundle(
-    src: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    config: PlannerGraphConfig,
-    noise_sigma: float = 0.3,
-    temperature: float = 1.0,
-    precision: str = "fp32",
-    session: dict[str, object] | None = None,
-) -> Bundle:
-    """A new bundle at `out_dir`: `src`'s files plus a fused planner graph (role "planner").
-
-    `precision="int8"` composes the planner around a dynamically quantized copy of the world model
-    (the bundle's `world_model` file itself stays fp32). The planner settings go into
-    `calibration.planner` and the session settings into `calibration.session`, so
-    `FusedPlanner.from_bundle` runs exactly what was packed.
-    """
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"pack_planner_bundle precision: expected 'fp32' or 'int8', got {precision!r}")
-    bundle = load_bundle(src)
-    spec = bundle.spec
-    sess = {**DEFAULT_SESSION, **(session or {})}
-    with tempfile.TemporaryDirectory(prefix="dreamlink-planner-") as tmp:
-        wm = bundle.path_of("world_model")
-        if precision == "int8":
-            wm = quantize_world_model_int8(wm, Path(tmp) / "world_model_int8.onnx")
-        plain = write_planner(wm, spec, config, Path(tmp) / "planner_plain.onnx")
-        planner = optimize_offline(plain, Path(tmp) / "planner.onnx", str(sess["optimized_offline"]))
-        info = inspect_world_model(onnx.load(str(bundle.path_of("world_model"))))
-        files = {
-            role: (bundle.path_of(role), f.to_dict())
-            for role, f in bundle.manifest.files.items() if role != "planner"
-        }
-        files["planner"] = (planner, {"precision": precision, "opset": info.opset, "ensemble_size": info.ensemble_size})
-        calibration = {
-            **bundle.manifest.calibration,
-            "planner": {
-                **dict(bundle.manifest.calibration.get("planner", {})),
-                "samples": config.samples, "horizon": config.horizon, "noise_sigma": noise_sigma,
-                "temperature": temperature, "method": config.method,
-                "elites": config.elite_count if config.method == "cem" else 0,
-                "rollout": config.rollout, "chunk": config.chunk,
-            },
-            "session": {**sess, "onnxruntime": ort.__version__},
-        }
-        return write_bundle(out_dir, spec, files, training=bundle.manifest.training, calibration=calibration,
-                            versions={**bundle.manifest.versions, **library_versions()})

@@ -140,7 +140,7 @@ class FusedPlanner:
         """The bundle's planner graph with the settings it was packed with (manifest `calibration.planner`
         and `calibration.session`), each overridable."""
         if not bundle.has("planner"):
-            raise BundleError(f"{bundle.root}: no 'planner' file; pack one with dreamlink.export.planner_graph")
+            raise BundleError(f"{bundle.root}: no 'planner' file; pack one with dreamlink.export.planner_graph_pack")
         calib = bundle.manifest.calibration
         if config is None:
             config = bundle_planner(bundle.spec, task, calib.get("planner", {}))
