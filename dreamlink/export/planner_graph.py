@@ -24,7 +24,7 @@ Rollout: unrolled by default. The world model's nodes are copied H times with re
 and the weights stored once, so ONNX Runtime sees one static graph and plans every buffer ahead.
 An ONNX `Loop` over H (`rollout="loop"`) gives the same numbers at the same speed: measured on
 the 2-core EPYC (Zen 4) box with ORT 1.32, ensemble 5 x 256 x 2, K=512, H=15, one thread,
-58.0 ms unrolled vs 58.4 ms Loop (`make bench`, session 3, the per-member export); the
+58.0 ms unrolled vs 58.4 ms Loop (`make bench`, 2026-11-25, the per-member export); the
 per-iteration cost of the Loop is lost in 4 ms of matmul per step. Splitting K into independent
 chains (`chunk`, to keep activations in L2) measured 0-2% slower, so one chain is the default; it
 stays as a knob for smaller caches. `make bench` re-measures all four variants.
