@@ -1,6 +1,8 @@
 """The MAVLink side of the vehicle: one `Link` hides pymavlink, one profile per autopilot family.
 
 - `link`: `Link`, `LinkConfig`, `LinkStats`, `LinkError`, `LinkTimeout`, `CommandRefused`.
+- `transports`: the UDP, TCP and serial transports under a link, and the connect strings that name them.
+- `admission`: which received frames a receiver acts on, drops and counts; the Link and the SITLs share it.
 - `motor_board`: `MotorBoardProfile` for the cart-pole motor board (and its SITL).
 - `autopilot`: what the flight-controller profiles share: `AutopilotConfig`, `AutopilotError`, the pure
   `state_from_messages`, `velocity_setpoint_fields`, `action_from_setpoint`, `quad_layout`, type_mask constants.

@@ -1,4 +1,4 @@
-"""The MAVLink link: the one object that hides pymavlink (transport, parsing, heartbeats, commands).
+"""The MAVLink link: the one object that hides pymavlink (heartbeats, commands, signing, send and receive).
 
 Wire protocol: MAVLink 2 through dreamlink's own dialect (`firmware_bridge/dialect`: pymavlink's
 generator run on the ~20 messages the link and the profiles use, copied from common.xml and
@@ -6,14 +6,8 @@ ardupilotmega.xml, so ids and CRCs are the autopilots'). pymavlink's `ardupilotm
 cost 4-5 MB more of an onboard process's 80, for ~300 messages nobody here reads. Not pymavlink's
 `mavutil` either: it loads the MAVLink 1 and 2 "all" dialects (19 MB), and its connection classes
 print, spin on a closed TCP peer and switch a process-wide dialect under the receive thread; the
-transports below are the few socket and serial calls it made for us.
-Offline readers of logs from any autopilot (`tlog`) use the "all" dialect; ids are shared.
-
-Connect strings (pymavlink's spelling): `udp:HOST:PORT` / `udpin:HOST:PORT` listen there (replies
-go to the peers that sent valid MAVLink, the PX4/ArduPilot SITL convention), `udpout:HOST:PORT`
-sends there, `tcp:HOST:PORT` connects (3 tries, 1 s apart), `tcpin:HOST:PORT` listens for one
-client at a time, `serial:/dev/ttyACM0[:BAUD]`, `/dev/ttyACM0` or `/dev/ttyACM0,BAUD` open a serial
-port (needs pyserial; 115200 baud by default). Anything else (log files, executables) is refused.
+transports (`transports`, which also lists the connect strings) are the few socket and serial calls
+it made for us. Offline readers of logs from any autopilot (`tlog`) use the "all" dialect; ids are shared.
 
 Threads: `open()` starts a receive thread that parses continuously, keeps the newest message of
 each type with its receive time, feeds subscribers and waiters and counts; and a heartbeat thread
@@ -21,29 +15,27 @@ each type with its receive time, feeds subscribers and waiters and counts; and a
 it off). Sending is serialised by a lock, so any thread may send through `mav`; a transport that
 cannot send (no TCP client yet, an unplugged port) drops the frame with a rate-limited warning.
 
-Robustness: on datagram transports (UDP) a datagram holds whole frames, so garbage, CRC failures
-and a frame cut short at the datagram's end are dropped and counted in `rx_bad`; on byte streams
-pymavlink resynchronises on the next start marker. Frames with ids this dialect does not decode
-(an autopilot streams dozens of types) are counted in `rx_unknown` and go to the tap byte for byte,
-so a .tlog holds everything that arrived: their CRC is checked first when pymavlink knows the id
-(`dialect.known_ids`; a bad one is `rx_bad`), and with signing on they pass the same signature,
-replay and source checks as any frame (rejected ones are counted there, never logged). They never
-reach subscribers, waiters or `latest()`: nothing acts on a message it cannot read. Nothing
-received ever kills the receive thread; a TCP peer that hangs up is logged (and a listening TCP
-link waits for the next client).
+Receiving: what arrives passes `admission.FrameAdmission`, the rule the SITL vehicles apply too:
+malformed data (garbage, CRC failures, a frame cut short at a UDP datagram's end) is dropped and
+counted in `rx_bad`; frames with ids this dialect does not decode (an autopilot streams dozens of
+types) are counted in `rx_unknown` and go to the tap byte for byte, so a .tlog holds everything that
+arrived, after the same CRC (when pymavlink knows the id), signature, replay and source checks as
+any frame. They never reach subscribers, waiters or `latest()`: nothing acts on a message it cannot
+read. Rejected frames are counted (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`,
+`rx_source_rejected`) and never reach subscribers, waiters, `latest()` or the tap. Nothing received
+ever kills the receive thread; a TCP peer that hangs up is logged (and a listening TCP link waits for
+the next client).
 
-Security (`dreamlink.firmware_bridge.security` has the details and the why):
+Security (`security` has the signing details and the why, `admission` the policy):
 - Signing: with `signing_key_file` set, every frame sent is signed (MAVLink 2 signing through
   pymavlink's signer, link id `link_id`, timestamp kept at least at wall-clock time) and a frame
   received is delivered only if its signature is good and newer than its stream's last one; an
   unsigned frame only if it is RADIO_STATUS or `accept_unsigned` is on and it is no command.
-  Rejected frames are counted (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`) and never
-  reach subscribers, waiters, `latest()` or the tap. With signing on, only a signed frame makes its
-  sender a peer of a listening UDP link, so a spoofer cannot make us talk to it.
-  Duplicated or reordered signed frames are replays by the spec's rule: dropped and counted.
+  With signing on, only a signed frame makes its sender a peer of a listening UDP link, so a
+  spoofer cannot make us talk to it. Duplicated or reordered signed frames are replays by the
+  spec's rule: dropped and counted.
 - Sources: with `allowed_sources` set, command messages (COMMAND_LONG/INT, SET_*, parameter and
-  mission writes...) from any other (system, component) are dropped and counted in
-  `rx_source_rejected`; telemetry from anyone still flows.
+  mission writes...) from any other (system, component) are dropped; telemetry from anyone still flows.
 - The key is read once at `open()` from a file only its owner can access and never logged;
   SETUP_SIGNING frames (which carry keys) never reach the tap, so never a .tlog.
 
@@ -53,12 +45,10 @@ the runtime's clock); the `tap` gets `time.time()` because a .tlog stamps frames
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import logging
 import math
 import os
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,19 +56,19 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
 from dreamlink.firmware_bridge.dialect import dreamlink_v20 as _dialect
 from dreamlink.firmware_bridge.dialect.known_ids import KNOWN_IDS
 from dreamlink.firmware_bridge.security import (
     SETUP_SIGNING_ID,
-    Admission,
     Authenticator,
     SigningKey,
     SigningKeyError,
     Verdict,
-    command_message_ids,
     load_signing_key,
     signing_timestamp,
 )
+from dreamlink.firmware_bridge.transports import Address, Transport, TransportError, Udp, open_transport
 
 mavlink: Any = _dialect  # the dialect module: message classes, MAV_* constants, enums
 
@@ -123,7 +113,7 @@ def result_name(result: int) -> str:
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """Where and as whom to talk MAVLink. See the module docstring for connect strings."""
+    """Where and as whom to talk MAVLink. `transports` lists the connect strings."""
 
     connect: str
     source_system: int = 1
@@ -186,6 +176,21 @@ class LinkStats:
     rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _RxCounts:
+    """What the receive side counted (the admission counts here, under the link's lock); `stats` copies it."""
+
+    rx_frames: int = 0
+    rx_bad: int = 0
+    rx_unknown: int = 0
+    rx_signed: int = 0
+    rx_unsigned_rejected: int = 0
+    rx_bad_signature: int = 0
+    rx_replayed: int = 0
+    rx_source_rejected: int = 0
+    rx_by_type: dict[str, int] = field(default_factory=dict)
+
+
 class _Waiter:
     __slots__ = ("event", "msg", "predicate")
 
@@ -193,221 +198,6 @@ class _Waiter:
         self.predicate = predicate
         self.event = threading.Event()
         self.msg: Any = None
-
-
-# -- transports: the socket and serial calls under a link ---------------------------------------
-# Each waits for input (`wait`), reads what is there (`read` -> bytes and, for UDP, the sender) and
-# writes whole frames (`write`, raising OSError when it cannot). Non-blocking, so a read never stalls
-# the receive thread past `wait`'s timeout.
-
-Address = tuple[str, int]
-
-
-class _Udp:
-    """A UDP socket: listening on HOST:PORT (`server`), or sending to HOST:PORT from an ephemeral port."""
-
-    datagrams = True
-
-    def __init__(self, host: str, port: int, server: bool) -> None:
-        self.server = server
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            if server:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                self.sock.bind((host, port))
-            else:
-                self.destination = (socket.gethostbyname(host), port)  # resolved once, not per frame
-            self.sock.setblocking(False)
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def wait(self, timeout_s: float) -> bool:
-        return bool(select.select([self.sock], [], [], timeout_s)[0])
-
-    def read(self) -> tuple[bytes, Address | None]:
-        try:
-            data, source = self.sock.recvfrom(65535)
-        except (BlockingIOError, ConnectionRefusedError):  # ICMP port unreachable after a send
-            return b"", None
-        return data, source
-
-    def write(self, buf: bytes) -> None:
-        self.sock.sendto(buf, self.destination)
-
-    def send_to(self, buf: bytes, address: Address) -> None:
-        self.sock.sendto(buf, address)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class _TcpClient:
-    """A TCP connection to HOST:PORT (3 tries, 1 s apart: a SITL may still be starting)."""
-
-    datagrams = server = False
-
-    def __init__(self, host: str, port: int, tries: int = 3, delay_s: float = 1.0) -> None:
-        for attempt in range(tries):
-            try:
-                self.sock = socket.create_connection((host, port), timeout=5.0)
-                break
-            except OSError as exc:
-                if attempt == tries - 1:
-                    raise
-                log.info("tcp:%s:%d: %s; retrying in %.0f s", host, port, exc, delay_s)
-                time.sleep(delay_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
-
-    def wait(self, timeout_s: float) -> bool:
-        return bool(select.select([self.sock], [], [], timeout_s)[0])
-
-    def read(self) -> tuple[bytes, Address | None]:
-        try:
-            data = self.sock.recv(4096)
-        except BlockingIOError:
-            return b"", None
-        if not data:
-            raise ConnectionError("closed by the peer")
-        return data, None
-
-    def write(self, buf: bytes) -> None:
-        self.sock.sendall(buf)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class _TcpServer:
-    """Listens on HOST:PORT and talks to one client at a time; when it leaves, waits for the next."""
-
-    datagrams = server = False
-
-    def __init__(self, host: str, port: int) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.listener.bind((host, port))
-            self.listener.listen(1)
-            self.listener.setblocking(False)
-        except BaseException:
-            self.listener.close()
-            raise
-        self.client: socket.socket | None = None
-
-    def wait(self, timeout_s: float) -> bool:
-        return bool(select.select([self.client or self.listener], [], [], timeout_s)[0])
-
-    def read(self) -> tuple[bytes, Address | None]:
-        if self.client is None:
-            try:
-                client, address = self.listener.accept()
-            except BlockingIOError:
-                return b"", None
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client.setblocking(False)
-            self.client = client
-            log.info("tcpin: client %s:%d connected", *address[:2])
-            return b"", None
-        try:
-            data = self.client.recv(4096)
-        except BlockingIOError:
-            return b"", None
-        except OSError:
-            data = b""
-        if not data:
-            self._drop_client()
-        return data, None
-
-    def write(self, buf: bytes) -> None:
-        if self.client is None:
-            raise OSError(errno.ENOTCONN, "no client connected yet")
-        try:
-            self.client.sendall(buf)
-        except OSError:
-            self._drop_client()
-            raise
-
-    def _drop_client(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-            log.info("tcpin: client left; waiting for the next")
-
-    def close(self) -> None:
-        self._drop_client()
-        self.listener.close()
-
-
-class _Serial:
-    """A serial port through pyserial (imported here: only serial links need it)."""
-
-    datagrams = server = False
-
-    def __init__(self, device: str, baud: int) -> None:
-        import serial  # type: ignore[import-untyped]
-
-        # Opened at 1200 baud, then switched: pymavlink's workaround for Linux drivers that miss the
-        # first baud rate set.
-        self.port = serial.Serial(device, 1200, timeout=0, dsrdtr=False, rtscts=False, xonxoff=False)
-        self.port.baudrate = baud
-        try:
-            self.fd: int | None = self.port.fileno()
-        except Exception:  # Windows: no descriptor to select on
-            self.fd = None
-
-    def wait(self, timeout_s: float) -> bool:
-        if self.fd is None:
-            time.sleep(min(timeout_s, 0.01))
-            return True
-        return bool(select.select([self.fd], [], [], timeout_s)[0])
-
-    def read(self) -> tuple[bytes, Address | None]:
-        return bytes(self.port.read(4096)), None
-
-    def write(self, buf: bytes) -> None:
-        self.port.write(buf)
-
-    def close(self) -> None:
-        self.port.close()
-
-
-Transport = _Udp | _TcpClient | _TcpServer | _Serial
-
-
-def _open_transport(connect: str) -> Transport:
-    text = connect.strip()
-    device, baud, prefix, host, port = "", 0, "", "", ""
-    if text.startswith("serial:"):
-        device, _, rate = text[len("serial:"):].partition(":")
-        if not device or (rate and not rate.isdigit()):
-            raise LinkError(f"link {text!r}: expected serial:/dev/DEVICE[:BAUD]")
-        baud = int(rate or 115200)
-    elif text.startswith(("udp:", "udpin:", "udpout:", "tcp:", "tcpin:")):
-        prefix, _, address = text.partition(":")
-        host, sep, port = address.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise LinkError(f"link {text!r}: expected PREFIX:HOST:PORT, e.g. udp:127.0.0.1:14540")
-    elif text.startswith("/dev/") or text.upper().startswith("COM"):
-        device, baud = text, 115200
-        for sep in (",", ":"):  # /dev/ttyACM0,57600 (pymavlink's spelling) or /dev/ttyACM0:57600
-            head, found, rate = text.rpartition(sep)
-            if found and rate.isdigit() and not os.path.exists(text):
-                device, baud = head, int(rate)
-    else:
-        raise LinkError(f"link {text!r}: expected udp:/udpin:/udpout:/tcp:/tcpin:HOST:PORT, "
-                        f"serial:/dev/DEVICE[:BAUD] or a /dev/ path")
-    try:
-        if device:
-            return _Serial(device, baud)
-        if prefix in ("udp", "udpin", "udpout"):
-            return _Udp(host, int(port), server=prefix != "udpout")
-        return _TcpClient(host, int(port)) if prefix == "tcp" else _TcpServer(host, int(port))
-    except ModuleNotFoundError as exc:
-        raise LinkError(f"link {text!r}: {exc}; serial links need `pip install pyserial`") from exc
-    except Exception as exc:  # OSError, serial.SerialException, socket.gaierror ...
-        raise LinkError(f"link {text!r}: cannot open ({exc})") from exc
 
 
 class _Writer:
@@ -427,25 +217,21 @@ class Link:
         self._tap = tap
         self._transport: Transport | None = None
         self._mav: Any = None  # pymavlink's encoder, writing through `_write`
-        self._datagrams = False
-        self._parser: Any = None
+        self._admission: FrameAdmission | None = None  # what arrives: parsing, checks, counting (made by open())
         self._lock = threading.Lock()  # newest-message table, counters, subscribers, waiters
         self._send_lock = threading.Lock()  # pymavlink's encoder (sequence numbers) is not thread-safe
         self._latest: dict[str, tuple[Any, float]] = {}
         self._subscribers: dict[str, tuple[Callable[[Any, float], None], ...]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
-        self._rx_by_type: dict[str, int] = {}
-        self._rx_frames = self._rx_bad = self._rx_unknown = self._tx_frames = 0
-        self._rejected = {"rx_unsigned_rejected": 0, "rx_bad_signature": 0, "rx_replayed": 0,
-                          "rx_source_rejected": 0}
-        self._rx_signed = 0
+        self._rx = _RxCounts()
+        self._tx_frames = 0
         # Every id pymavlink knows, not only the decoded ones: an undecoded command still needs a signature.
-        self._admission = Admission(command_message_ids({i: name for i, (name, _) in KNOWN_IDS.items()}),
-                                    config.accept_unsigned, config.allowed_sources)
+        self._policy = Admission(command_message_ids({i: name for i, (name, _) in KNOWN_IDS.items()}),
+                                 config.accept_unsigned, config.allowed_sources)
         self._auth: Authenticator | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._last_warning: dict[str, float] = {}
+        self._warnings = RateLimitedLog(log)  # garbage arrives at line rate; counters keep totals
         self._udp_server = False
         # Listening UDP: every address that sent valid (and, with signing, signed) MAVLink recently, with
         # when; what we send goes to all of them, like any MAVLink UDP server endpoint (a vehicle and a
@@ -458,7 +244,10 @@ class Link:
         if self._transport is not None:
             raise LinkError(f"link {self.config.connect!r}: already open")
         key = self._load_key()  # before the socket: a bad key file must not leave a half-open link
-        transport = _open_transport(self.config.connect)
+        try:
+            transport = open_transport(self.config.connect)
+        except TransportError as exc:
+            raise LinkError(str(exc)) from exc.__cause__
         mav = mavlink.MAVLink(_Writer(self._write), srcSystem=self.config.source_system,
                               srcComponent=self.config.source_component)
         mav.robust_parsing = True
@@ -470,11 +259,13 @@ class Link:
             mav.signing.link_id = self.config.link_id
             mav.signing.timestamp = signing_timestamp(time.time())
             self._auth = Authenticator(key)
-        self._datagrams = transport.datagrams
         # A listening UDP link sends to the addresses that sent valid (signed, when signing is on)
         # MAVLink recently, not to every address that ever sent it a datagram (garbage included).
         self._udp_server = transport.server
-        self._parser = self._new_parser()
+        # Undecoded frames pass (checked like any other) to the tap, so a .tlog holds all that arrived.
+        self._admission = FrameAdmission(mavlink, self._policy, self._rx, self._warnings,
+                                         authenticator=self._auth, datagrams=transport.datagrams,
+                                         pass_undecoded=True, lock=self._lock, where=f" on {self.config.connect}")
         mav.send = self._send  # every *_send() of the encoder goes through the lock and the tap
         self._mav = mav
         self._transport = transport
@@ -568,11 +359,6 @@ class Link:
                 waiters.remove(waiter)
         return waiter.msg
 
-    def _new_parser(self) -> Any:
-        parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
-        parser.robust_parsing = True
-        return parser
-
     def _rx_loop(self) -> None:
         transport = self._transport
         assert transport is not None
@@ -582,7 +368,7 @@ class Link:
                     continue
                 data, source = transport.read()
             except Exception as exc:  # a closed port, a TCP peer that hung up, an unplugged USB cable
-                self._warn("receive on %s failed: %s", self.config.connect, exc, key="rx")
+                self._warnings.warning("receive on %s failed: %s", self.config.connect, exc, key="rx")
                 self._stop.wait(_SELECT_S)
                 continue
             if data:
@@ -594,14 +380,14 @@ class Link:
         if transport is None:
             return
         try:
-            if isinstance(transport, _Udp) and transport.server:
+            if isinstance(transport, Udp) and transport.server:
                 self._write_to_peers(transport, buf)
             else:
                 transport.write(buf)
         except OSError as exc:  # no TCP client yet, an unplugged port: the frame is lost, like on a radio
-            self._warn("send on %s failed: %s", self.config.connect, exc, key="tx")
+            self._warnings.warning("send on %s failed: %s", self.config.connect, exc, key="tx")
 
-    def _write_to_peers(self, transport: _Udp, buf: bytes) -> None:
+    def _write_to_peers(self, transport: Udp, buf: bytes) -> None:
         now = time.monotonic()
         with self._lock:
             peers = [a for a, seen in self._peers.items() if now - seen < _PEER_TIMEOUT_S]
@@ -610,95 +396,34 @@ class Link:
         for address in peers:
             transport.send_to(buf, address)
 
-    def _feed(self, data: bytes, source: tuple[str, int] | None = None) -> int:
-        """Parse one chunk; returns the number of valid frames delivered.
+    def _feed(self, data: bytes, source: Address | None = None) -> int:
+        """Admit one chunk (`admission`) and deliver what passes; returns the number of decoded frames delivered.
 
         On a listening UDP link, `source` becomes a peer before the first valid frame is
         delivered, so whoever reacts to that frame already answers the right address."""
-        bad, reason = 0, ""
-        try:
-            messages = self._parser.parse_buffer(data) or []
-            if self._datagrams and self._parser.buf_len() > 0:
-                bad, reason = 1, "frame cut short at the datagram's end"
-                self._parser = self._new_parser()
-        except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
-            messages, bad, reason = [], 1, f"parser error: {exc}"
-            self._parser = self._new_parser()
+        assert self._admission is not None, "open() first"
         valid = 0
-        for msg in messages:
-            msg_id = msg.get_msgId()
-            if msg_id == mavlink.MAVLINK_MSG_ID_BAD_DATA:
-                bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
-                continue
-            undecoded = msg_id == mavlink.MAVLINK_MSG_ID_UNKNOWN
-            frame = bytes(msg.get_msgbuf())
-            header = _frame_header(frame)
-            crc = _crc_ok(frame, header) if undecoded else True  # pymavlink checked a decoded frame's CRC
-            if crc is False:
-                bad, reason = bad + 1, f"invalid MAVLink CRC in msgID {header[0]}"
-                continue
-            verdict = self._admit(frame, header, _undecoded_name(header[0]) if undecoded else msg.get_type())
-            if verdict is None:
-                continue
+        for admitted in self._admission.admit(data):
             # A sender becomes a peer by a frame we could check: decoded, or its CRC known (and signed if
             # signing is on), like with a dialect that decodes every message.
-            if source is not None and crc and (self._auth is None or verdict is Verdict.SIGNED):
+            if source is not None and admitted.checked and (self._auth is None or admitted.verdict is Verdict.SIGNED):
                 with self._lock:
                     new = source not in self._peers
                     self._peers[source] = time.monotonic()
                 if new:
                     log.info("link %s: peer %s:%d", self.config.connect, source[0], source[1])
-            if undecoded:  # logged as it came, never acted on
-                with self._lock:
-                    self._rx_unknown += 1
-                self._call_tap("rx", frame)
+            if admitted.msg is None:  # undecoded: logged as it came, never acted on
+                self._call_tap("rx", admitted.frame)
             else:
                 valid += 1
-                if verdict is Verdict.SIGNED:
-                    with self._lock:
-                        self._rx_signed += 1
-                self._deliver(msg, frame)
-        if bad:
-            with self._lock:
-                self._rx_bad += bad
-                total = self._rx_bad
-            self._warn("dropped malformed MAVLink data on %s (%d so far; latest: %s)", self.config.connect, total,
-                       reason)
+                self._deliver(admitted.msg, admitted.frame)
         return valid
-
-    def _admit(self, frame: bytes, header: tuple[int, int, int], what: str) -> Verdict | None:
-        """The frame's verdict if it may be delivered (or, undecoded, logged), else None (counted, rate-limited
-        warning). `header` is (message id, system id, component id); `what` names the frame in the warning."""
-        msg_id, system, component = header
-        verdict = Verdict.UNSIGNED
-        reject: tuple[str, str] | None = None
-        if self._auth is not None:
-            verdict = self._auth.check(frame)
-            if verdict is Verdict.UNSIGNED and not self._admission.unsigned_ok(msg_id):
-                reject = ("rx_unsigned_rejected", "unsigned")
-            elif verdict is Verdict.BAD_SIGNATURE:
-                reject = ("rx_bad_signature", "signature does not match our key")
-            elif verdict is Verdict.REPLAYED:
-                reject = ("rx_replayed", "replayed (timestamp not newer than its stream)")
-        if reject is None and not self._admission.source_ok(msg_id, system, component):
-            reject = ("rx_source_rejected", "a command from a source not in allowed_sources")
-        if reject is not None:
-            counter, why = reject
-            with self._lock:
-                self._rejected[counter] += 1
-                total = self._rejected[counter]
-            self._warn(f"dropped %s from %d/%d on %s: {why} (%s: %d so far)", what, system, component,
-                       self.config.connect, counter, total, key=counter)
-            return None
-        return verdict
 
     def _deliver(self, msg: Any, frame: bytes) -> None:
         recv_s = time.monotonic()
         msg_type = msg.get_type()
         with self._lock:
             self._latest[msg_type] = (msg, recv_s)
-            self._rx_frames += 1
-            self._rx_by_type[msg_type] = self._rx_by_type.get(msg_type, 0) + 1
             subscribers = self._subscribers.get(msg_type, ())
             waiters = tuple(self._waiters.get(msg_type, ()))
         for waiter in waiters:  # predicates are user code: run them outside the lock
@@ -757,7 +482,7 @@ class Link:
                 self.mav.heartbeat_send(mavlink.MAV_TYPE_ONBOARD_CONTROLLER, mavlink.MAV_AUTOPILOT_INVALID, 0, 0,
                                         mavlink.MAV_STATE_ACTIVE)
             except Exception as exc:
-                self._warn("heartbeat on %s failed: %s", self.config.connect, exc)
+                self._warnings.warning("heartbeat on %s failed: %s", self.config.connect, exc)
             self._stop.wait(self.config.heartbeat_period_s)
 
     def command_long(self, target_system: int, target_component: int, command: int, params: Sequence[float],
@@ -796,9 +521,7 @@ class Link:
     @property
     def stats(self) -> LinkStats:
         with self._lock:
-            return LinkStats(rx_frames=self._rx_frames, rx_bad=self._rx_bad, rx_unknown=self._rx_unknown,
-                             tx_frames=self._tx_frames, rx_by_type=dict(self._rx_by_type), rx_signed=self._rx_signed,
-                             **self._rejected)
+            return LinkStats(tx_frames=self._tx_frames, **dataclasses.asdict(self._rx))
 
     def _call_tap(self, direction: str, frame: bytes) -> None:
         if self._tap is None or _is_setup_signing(frame):
@@ -806,36 +529,7 @@ class Link:
         try:
             self._tap(direction, time.time(), bytes(frame))
         except Exception as exc:
-            self._warn("tap failed on a %s frame: %s", direction, exc)
-
-    def _warn(self, msg: str, *args: object, key: str = "") -> None:
-        now = time.monotonic()
-        if now - self._last_warning.get(key, -math.inf) >= 5.0:  # garbage arrives at line rate; counters keep totals
-            self._last_warning[key] = now
-            log.warning(msg, *args)
-
-
-def _frame_header(frame: bytes) -> tuple[int, int, int]:
-    """(message id, system id, component id) from a whole MAVLink 2 or 1 frame's header."""
-    if frame[0] == 0xFD:
-        return int.from_bytes(frame[7:10], "little"), frame[5], frame[6]
-    return frame[5], frame[3], frame[4]
-
-
-def _undecoded_name(msg_id: int) -> str:
-    known = KNOWN_IDS.get(msg_id)
-    return f"{known[0]} (not decoded here)" if known is not None else f"message id {msg_id}"
-
-
-def _crc_ok(frame: bytes, header: tuple[int, int, int]) -> bool | None:
-    """The CRC of a whole frame pymavlink has delimited, checked with its id's CRC_EXTRA; None if no
-    dialect pymavlink ships knows the id (then nothing can check it)."""
-    known = KNOWN_IDS.get(header[0])
-    if known is None:
-        return None
-    end = (10 if frame[0] == 0xFD else 6) + frame[1]  # header + payload; the CRC follows
-    crc = mavlink.x25crc(frame[1:end] + bytes([known[1]])).crc
-    return bool(crc == int.from_bytes(frame[end:end + 2], "little"))
+            self._warnings.warning("tap failed on a %s frame: %s", direction, exc)
 
 
 def _is_setup_signing(frame: bytes) -> bool:

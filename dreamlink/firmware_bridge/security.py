@@ -1,4 +1,4 @@
-"""MAVLink 2 message signing: the key file, the receive-side signature check, who may command us.
+"""MAVLink 2 message signing: the key file, the receive-side signature check, the signing timestamp.
 
 Frame (mavlink.io "Message signing"): a signed MAVLink 2 frame has bit 0x01 of its incompat flags
 set and 13 bytes after the CRC: link id (1), timestamp (6, little endian, 10 µs units since
@@ -12,13 +12,8 @@ timestamp (link id, system and component ids are readable on the wire) locks the
 for good. `Authenticator.check` compares the signature first (constant time) and only then moves
 the stream forward. A new stream is accepted if its timestamp is at most one minute behind ours.
 
-What must be signed when signing is on (`Admission.unsigned_ok`):
-- every command message (COMMAND_LONG, COMMAND_INT, every SET_*, parameter writes, mission upload,
-  manual control, RC override, SETUP_SIGNING: `command_message_ids`), always;
-- everything else too, unless the link accepts unsigned telemetry (`accept_unsigned`), which is
-  for a flight controller that cannot sign yet: its telemetry flows, its commands still do not;
-- RADIO_STATUS may come unsigned: telemetry radios inject it and hold no key (as the spec says).
-A frame whose signature is *wrong* is never accepted, whatever the policy.
+What must be signed, and who may command us, is the admission rule's (`admission.Admission`), the
+one rule that decides which received frames a receiver acts on.
 
 Keys: 32 bytes in a file that only its owner can access (no group/other permission bits, like an
 ssh private key), either raw or as 64 hex digits. The key never appears in a repr, a log line or an
@@ -37,10 +32,8 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 KEY_LEN = 32
 SIGNATURE_BLOCK_LEN = 13
@@ -49,14 +42,6 @@ MAVLINK2_MAGIC = 0xFD
 MAVLINK_EPOCH_UNIX_S = 1_420_070_400  # 2015-01-01 00:00:00 UTC
 NEW_STREAM_WINDOW = 60 * 100_000  # one minute in 10 µs units
 
-# Messages that ask the receiver to act (besides every SET_*): they are "commands" for signing and
-# for `allowed_sources`. Names, not ids, so the set follows whatever dialect the caller parses with.
-COMMAND_MESSAGE_NAMES: frozenset[str] = frozenset({
-    "COMMAND_LONG", "COMMAND_INT", "PARAM_SET", "PARAM_EXT_SET", "MANUAL_CONTROL", "RC_CHANNELS_OVERRIDE",
-    "MISSION_ITEM", "MISSION_ITEM_INT", "MISSION_COUNT", "MISSION_CLEAR_ALL", "MISSION_SET_CURRENT",
-    "SETUP_SIGNING",
-})
-RADIO_STATUS_ID = 109
 SETUP_SIGNING_ID = 256
 
 
@@ -156,57 +141,11 @@ def signing_timestamp(unix_s: float) -> int:
     return max(0, int((unix_s - MAVLINK_EPOCH_UNIX_S) * 100_000))
 
 
-def command_message_ids(names_by_id: Mapping[int, str]) -> frozenset[int]:
-    """The ids of command messages in a dialect ({id: NAME}): COMMAND_MESSAGE_NAMES and every SET_*."""
-    return frozenset(i for i, name in names_by_id.items() if name in COMMAND_MESSAGE_NAMES or name.startswith("SET_"))
-
-
-@dataclass(frozen=True)
-class Admission:
-    """Which received frames a link delivers (see the module docstring for the signing policy).
-
-    `allowed_sources`: (system id, component id) pairs whose command messages are accepted; () = any.
-    """
-
-    command_ids: frozenset[int]
-    accept_unsigned: bool = False
-    allowed_sources: tuple[tuple[int, int], ...] = ()
-
-    def unsigned_ok(self, msg_id: int) -> bool:
-        """With signing on, may an unsigned frame of `msg_id` be delivered?"""
-        if msg_id == RADIO_STATUS_ID:
-            return True
-        return self.accept_unsigned and msg_id not in self.command_ids
-
-    def source_ok(self, msg_id: int, system: int, component: int) -> bool:
-        if not self.allowed_sources or msg_id not in self.command_ids:
-            return True
-        return (system, component) in self.allowed_sources
-
-
 class Verdict(enum.Enum):
     SIGNED = "signed"  # signature and timestamp good
     UNSIGNED = "unsigned"  # no signature block (or MAVLink 1, which cannot carry one)
     BAD_SIGNATURE = "bad_signature"  # signature does not match the key
     REPLAYED = "replayed"  # good signature, but not newer than the stream's last frame (or an old stream)
-
-
-def admit_frame(verdict: Verdict, msg_id: int, admission: Admission, counters: Any) -> bool:
-    """Whether a judged frame may be acted on (signed, or unsigned but not a command); counts the outcome on
-    `counters` (`rx_signed`, `rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`). For the SITLs,
-    which check every frame the same way the runtime's link does."""
-    if verdict is Verdict.SIGNED:
-        counters.rx_signed += 1
-        return True
-    if verdict is Verdict.UNSIGNED:
-        if admission.unsigned_ok(msg_id):
-            return True
-        counters.rx_unsigned_rejected += 1
-    elif verdict is Verdict.BAD_SIGNATURE:
-        counters.rx_bad_signature += 1
-    else:
-        counters.rx_replayed += 1
-    return False
 
 
 class Authenticator:

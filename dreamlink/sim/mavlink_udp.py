@@ -1,5 +1,6 @@
 """What every SITL process shares on its side of the wire: MAVLink 2 through pymavlink, a parser that
-never raises on garbage, a bounded socket drain, and the `udp:HOST:PORT` argument type."""
+never raises on garbage, a bounded socket drain, and the `udp:HOST:PORT` argument type. Which received
+frames a SITL acts on is the Link's own rule, `dreamlink.firmware_bridge.admission`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from dreamlink.firmware_bridge import admission
 
 # pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
 # if it later sees a v2 frame). DEBUG_FLOAT_ARRAY has id 350, which MAVLink 1 cannot carry, so ask
@@ -26,40 +29,7 @@ mavlink: Any = mavutil.mavlink
 
 def new_parser() -> Any:
     """A MAVLink 2 parser that turns garbage into BAD_DATA messages instead of raising."""
-    parser = mavlink.MAVLink(None, srcSystem=0, srcComponent=0)
-    parser.robust_parsing = True
-    return parser
-
-
-def admitted_frames(parser: Any, datagram: bytes, counters: Any, authentic: Callable[[Any], bool] | None
-                    ) -> tuple[list[tuple[str, Any]], int, str, Any]:
-    """The frames of one datagram a SITL may act on, as (type, message), with the count of malformed ones,
-    the latest reason and the parser to use next (a fresh one after an error: datagrams never continue).
-
-    Unknown ids count on `counters.rx_unknown`; `authentic(msg)` (signing on) drops and counts the rest;
-    admitted frames count on `counters.rx_frames` and `counters.rx_by_type`."""
-    bad, reason = 0, ""
-    try:
-        messages = parser.parse_buffer(datagram) or []
-        if parser.buf_len() > 0:
-            bad, reason, parser = 1, "truncated frame at datagram end", new_parser()
-    except Exception as exc:  # pymavlink raises more than MAVError on hostile bytes
-        messages, bad, reason, parser = [], 1, f"parser error: {exc}", new_parser()
-    frames = []
-    for msg in messages:
-        msg_type = msg.get_type()
-        if msg_type == "BAD_DATA":
-            bad, reason = bad + 1, str(getattr(msg, "reason", "bad data"))
-            continue
-        if msg.get_msgId() == mavlink.MAVLINK_MSG_ID_UNKNOWN:
-            counters.rx_unknown += 1
-            continue
-        if authentic is not None and not authentic(msg):
-            continue
-        counters.rx_frames += 1
-        counters.rx_by_type[msg_type] = counters.rx_by_type.get(msg_type, 0) + 1
-        frames.append((msg_type, msg))
-    return frames, bad, reason, parser
+    return admission.new_parser(mavlink)
 
 
 def drain(receive: Callable[[bytes], None], sock: socket.socket, max_datagrams: int = 256) -> None:

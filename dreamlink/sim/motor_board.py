@@ -45,7 +45,7 @@ is the client side):
   on frames whose MAVLink 2 signature is good and newer than their stream's last one; unsigned
   frames (except RADIO_STATUS), wrong signatures and replays are dropped and counted
   (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed` in the counters logged at exit).
-  Same checks as the Link (`dreamlink.firmware_bridge.security`): that is the protocol, both ends.
+  Same rule as the Link (`dreamlink.firmware_bridge.admission`): that is the protocol, both ends.
 
 Entry: `python -m dreamlink.sim cartpole --out udp:127.0.0.1:PORT [--lockstep] [--seed N]
 [--rate-hz 50] [--signing-key-file KEY]`; `main(argv)` is what `dreamlink sitl cartpole ...` calls.
@@ -68,19 +68,16 @@ from typing import Any
 
 import numpy as np
 
+from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
 from dreamlink.firmware_bridge.security import (
-    Admission,
     Authenticator,
     SigningKey,
     SigningKeyError,
-    Verdict,
-    admit_frame,
-    command_message_ids,
     load_signing_key,
     signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams
-from dreamlink.sim.mavlink_udp import admitted_frames, drain, mavlink, new_parser, stop_on_signals, udp_address
+from dreamlink.sim.mavlink_udp import drain, mavlink, stop_on_signals, udp_address
 from dreamlink.sim.plants import CartpolePlant, GymPlant, Plant
 from dreamlink.spec import SimSpec, SpecError, load_vehicle
 
@@ -158,19 +155,6 @@ class BoardCounters:
     rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
-class RateLimitedLog:
-    """Logs at most one warning per `period_s`; the caller's message carries the running totals."""
-
-    def __init__(self, logger: logging.Logger, period_s: float = 5.0) -> None:
-        self._logger, self._period_s, self._last = logger, period_s, -math.inf
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last >= self._period_s:
-            self._last = now
-            self._logger.warning(msg, *args)
-
-
 class _Writer:
     """The file-like object pymavlink's encoder writes packed frames to."""
 
@@ -193,16 +177,17 @@ class MotorBoard:
         self._write = write
         self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=BOARD_SYSTEM_ID,
                                     srcComponent=BOARD_COMPONENT_ID)
-        self._parser = new_parser()
         self._wall_clock = wall_clock
         self._auth: Authenticator | None = None
-        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}))
         if signing_key is not None:
             signing = self._mav.signing  # pymavlink signs what the encoder packs
             signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
             signing.timestamp = signing_timestamp(wall_clock())
             self._auth = Authenticator(signing_key, wall_clock)
             self._mav.send = self._send_signed
+        self._admission = FrameAdmission(
+            mavlink, Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()})),
+            self.counters, RateLimitedLog(log), authenticator=self._auth)
         self._rng = np.random.default_rng(config.seed)
         self._noise_rng = np.random.default_rng([config.seed, 1])
         self.plant: Plant = plant if plant is not None else CartpolePlant(config.physics, self._rng)
@@ -222,7 +207,6 @@ class MotorBoard:
         self._timed_out = False
         self.stream_interval_us: int | None = config.period_us
         self._telemetry = [0.0] * _DEBUG_ARRAY_LEN
-        self._bad_log = RateLimitedLog(log)
 
     # -- clock ---------------------------------------------------------------------------------
 
@@ -298,24 +282,8 @@ class MotorBoard:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped)."""
-        frames, bad, reason, self._parser = admitted_frames(
-            self._parser, datagram, self.counters, self._authentic if self._auth is not None else None)
-        for msg_type, msg in frames:
-            self._dispatch(msg_type, msg)
-        if bad:
-            self.counters.rx_bad += bad
-            self._bad_log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad,
-                                  reason)
-
-    def _authentic(self, msg: Any) -> bool:
-        verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
-        if admit_frame(verdict, msg.get_msgId(), self._admission, self.counters):
-            return True
-        self._bad_log.warning("dropped %s %s from %d/%d (rejected so far: %d unsigned, %d bad signature, %d replayed)",
-                              verdict.value, msg.get_type(), msg.get_srcSystem(), msg.get_srcComponent(),
-                              self.counters.rx_unsigned_rejected, self.counters.rx_bad_signature,
-                              self.counters.rx_replayed)
-        return False
+        for admitted in self._admission.admit(datagram):
+            self._dispatch(admitted.msg.get_type(), admitted.msg)
 
     def _for_me(self, target_system: int, target_component: int) -> bool:
         return target_system in (0, BOARD_SYSTEM_ID) and target_component in (0, BOARD_COMPONENT_ID)

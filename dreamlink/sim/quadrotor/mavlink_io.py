@@ -43,7 +43,8 @@ Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and 
   lockstep client can still step the vehicle and learn its time.
 - Signing (`signing_key`, as the motor board): every frame sent is signed; a received frame is acted on only
   with a good signature newer than its stream's last (unsigned, wrongly signed and replayed frames are
-  dropped and counted: `rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`).
+  dropped and counted: `rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed`). Admission is the Link's
+  own rule (`dreamlink.firmware_bridge.admission`), malformed input above included.
 """
 
 from __future__ import annotations
@@ -59,16 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from dreamlink.firmware_bridge.security import (
-    Admission,
-    Authenticator,
-    SigningKey,
-    Verdict,
-    admit_frame,
-    command_message_ids,
-    signing_timestamp,
-)
-from dreamlink.sim.mavlink_udp import admitted_frames, mavlink, new_parser
+from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
+from dreamlink.firmware_bridge.security import Authenticator, SigningKey, signing_timestamp
+from dreamlink.sim.mavlink_udp import mavlink
 from dreamlink.sim.quadrotor.autopilot import (
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_DENIED,
@@ -170,16 +164,17 @@ class MavlinkFace:
         self.counters = IoCounters()
         self._write = write
         self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=SYSTEM_ID, srcComponent=COMPONENT_ID)
-        self._parser = new_parser()
         self._wall_clock = wall_clock
         self._auth: Authenticator | None = None
-        self._admission = Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()}))
         if signing_key is not None:  # as the motor board: sign everything, act on good signatures only
             signing = self._mav.signing
             signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
             signing.timestamp = signing_timestamp(wall_clock())
             self._auth = Authenticator(signing_key, wall_clock)
             self._mav.send = self._send_signed
+        self._admission = FrameAdmission(
+            mavlink, Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()})),
+            self.counters, RateLimitedLog(log), authenticator=self._auth)
         self._delay_us = round(vehicle.domain.telemetry_latency_s * 1e6)
         self._delayed: deque[tuple[int, Any]] = deque()  # (due us, packed frame or, signing, the message)
         self._delaying = False
@@ -196,7 +191,6 @@ class MavlinkFace:
                 if self.streamable(name):
                     self.set_interval(name, 0)
         self._next_heartbeat_us = 0
-        self._last_bad_warning = -math.inf
         self.missions = MissionStore(self.flavour, self._mav, lambda: self._global(np.zeros(3)))  # mission_store.py
 
     # -- streams ------------------------------------------------------------------------------------------------
@@ -425,32 +419,12 @@ class MavlinkFace:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped and counted)."""
-        frames, bad, reason, self._parser = admitted_frames(
-            self._parser, datagram, self.counters, self._authentic if self._auth is not None else None)
-        for msg_type, msg in frames:
+        for admitted in self._admission.admit(datagram):
+            msg_type = admitted.msg.get_type()
             try:
-                self._dispatch(msg_type, msg)
+                self._dispatch(msg_type, admitted.msg)
             except (ValueError, TypeError, OverflowError) as exc:  # a well-formed frame with absurd values
-                bad, reason = bad + 1, f"{msg_type}: {exc}"
-        if bad:
-            self.counters.rx_bad += bad
-            now = time.monotonic()
-            if now - self._last_bad_warning > 5.0:
-                self._last_bad_warning = now
-                log.warning("dropped malformed MAVLink data (%d so far; latest: %s)", self.counters.rx_bad, reason)
-
-    def _authentic(self, msg: Any) -> bool:
-        verdict = self._auth.check(msg.get_msgbuf()) if self._auth is not None else Verdict.UNSIGNED
-        if admit_frame(verdict, msg.get_msgId(), self._admission, self.counters):
-            return True
-        now = time.monotonic()
-        if now - self._last_bad_warning > 5.0:
-            self._last_bad_warning = now
-            log.warning("dropped %s %s from %d/%d (so far: %d unsigned, %d bad signature, %d replayed)",
-                        verdict.value, msg.get_type(), msg.get_srcSystem(), msg.get_srcComponent(),
-                        self.counters.rx_unsigned_rejected, self.counters.rx_bad_signature,
-                        self.counters.rx_replayed)
-        return False
+                self._admission.drop_malformed(1, f"{msg_type}: {exc}")
 
     def _for_me(self, msg: Any) -> bool:
         ok = msg.target_system in (0, SYSTEM_ID) and msg.target_component in (0, COMPONENT_ID)
