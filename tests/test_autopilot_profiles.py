@@ -19,17 +19,17 @@ from waiting import eventually
 
 from dreamlink.calibration.tlog_data import tlog_to_transitions
 from dreamlink.firmware_bridge.ardupilot import COPTER_MODES, ArduPilotCopterProfile, copter_mode_name
-from dreamlink.firmware_bridge.autopilot import (
+from dreamlink.firmware_bridge.autopilot import AutopilotError
+from dreamlink.firmware_bridge.autopilot_config import AutopilotConfig
+from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkConfig, LinkTimeout, mavlink
+from dreamlink.firmware_bridge.messages import (
     TYPE_MASK_POSITION_YAW,
     TYPE_MASK_VELOCITY_YAW,
-    AutopilotConfig,
-    AutopilotError,
     action_from_setpoint,
     is_velocity_setpoint,
     state_from_messages,
     velocity_setpoint_fields,
 )
-from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkConfig, LinkTimeout, mavlink
 from dreamlink.firmware_bridge.px4 import Px4Profile, px4_custom_mode, px4_mode_name, px4_mode_parts
 from dreamlink.sim.launcher import free_udp_port
 from dreamlink.spec import QUAD, Component, VehicleSpec

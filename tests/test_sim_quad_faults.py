@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from dreamlink.firmware_bridge.autopilot import AutopilotConfig
+from dreamlink.firmware_bridge.autopilot_config import AutopilotConfig
 from dreamlink.firmware_bridge.link import Link, LinkConfig, mavlink
 from dreamlink.firmware_bridge.profiles import make_profile
 from dreamlink.firmware_bridge.security import write_signing_key

@@ -43,13 +43,13 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.ardupilot import COPTER_MODES
-from dreamlink.firmware_bridge.autopilot import (
+from dreamlink.firmware_bridge.link import mavlink
+from dreamlink.firmware_bridge.messages import (
     action_from_setpoint,
     fill_from_attitude,
     fill_from_local_position,
     quad_layout,
 )
-from dreamlink.firmware_bridge.link import mavlink
 from dreamlink.firmware_bridge.px4 import OFFBOARD, px4_mode_parts
 from dreamlink.firmware_bridge.tlog import OnError, iter_tlog, read_tlog
 from dreamlink.learning.transitions import TransitionSet

@@ -38,8 +38,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from dreamlink.firmware_bridge.autopilot import AutopilotConfig, AutopilotError, AutopilotProfile
-from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkTimeout, mavlink
+from dreamlink.firmware_bridge.autopilot import AutopilotError, AutopilotProfile
+from dreamlink.firmware_bridge.autopilot_config import AutopilotConfig
+from dreamlink.firmware_bridge.link import Link, mavlink
 from dreamlink.firmware_bridge.params import set_param
 from dreamlink.spec import QUAD, VehicleSpec
 
@@ -154,25 +155,14 @@ class ArduPilotCopterProfile(AutopilotProfile):
         if self._left_to_pilot("landing"):
             return
         self.set_mode("LAND")
-        self._wait_until(lambda: not self._armed, self.config.land_timeout_s if timeout_s is None else timeout_s,
-                         "touchdown and disarm")
-        log.info("ArduPilot %s landed and disarmed", self._target)
+        self._wait_disarmed_on_ground(timeout_s)
 
     def failsafe(self) -> str:
         """Ask for the autopilot's own failsafe: the first of `failsafe_modes` it accepts. Returns its name;
         raises the last refusal if none was accepted."""
         if self._left_to_pilot("asking for a failsafe mode"):
             return "PILOT"
-        error: Exception | None = None
-        for name in self.config.failsafe_modes:
-            try:
-                self.set_mode(name)
-                return name
-            except (CommandRefused, LinkTimeout, AutopilotError) as exc:
-                log.warning("failsafe: ArduPilot did not take %s: %s", name, exc)
-                error = exc
-        assert error is not None
-        raise error
+        return self._first_failsafe(self.set_mode)
 
     def release(self) -> None:
         """LAND if flying, else disarm; returns without waiting for touchdown. Never raises."""

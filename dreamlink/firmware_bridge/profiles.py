@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dreamlink.firmware_bridge.ardupilot import ArduPilotCopterProfile
-from dreamlink.firmware_bridge.autopilot import AutopilotConfig
+from dreamlink.firmware_bridge.autopilot_config import AutopilotConfig
 from dreamlink.firmware_bridge.link import Link
 from dreamlink.firmware_bridge.motor_board import BoardProfile, MotorBoardProfile
 from dreamlink.firmware_bridge.px4 import Px4Profile

@@ -45,14 +45,10 @@ from typing import Any
 
 import numpy as np
 
-from dreamlink.firmware_bridge.autopilot import (
-    AutopilotConfig,
-    AutopilotError,
-    AutopilotProfile,
-    position_hold_fields,
-    position_velocity_fields,
-)
-from dreamlink.firmware_bridge.link import CommandRefused, Link, LinkError, LinkTimeout, mavlink
+from dreamlink.firmware_bridge.autopilot import AutopilotError, AutopilotProfile
+from dreamlink.firmware_bridge.autopilot_config import AutopilotConfig
+from dreamlink.firmware_bridge.link import Link, LinkError, mavlink
+from dreamlink.firmware_bridge.messages import position_hold_fields, position_velocity_fields
 from dreamlink.spec import QUAD, VehicleSpec
 
 log = logging.getLogger(__name__)
@@ -216,9 +212,7 @@ class Px4Profile(AutopilotProfile):
         self._yield_control()
         self._command(mavlink.MAV_CMD_NAV_LAND, _LAND_PARAMS, "landing")
         self.stop_stream()
-        self._wait_until(lambda: not self._armed, self.config.land_timeout_s if timeout_s is None else timeout_s,
-                         "touchdown and disarm")
-        log.info("PX4 %s landed and disarmed", self._target)
+        self._wait_disarmed_on_ground(timeout_s)
 
     def failsafe(self) -> str:
         """Ask for PX4's own failsafe: the first of `failsafe_modes` it accepts ("RTL", "LAND", "HOLD"). Returns
@@ -227,23 +221,18 @@ class Px4Profile(AutopilotProfile):
             self.stop_stream()
             return "PILOT"
         self._yield_control()
-        error: Exception | None = None
-        for name in self.config.failsafe_modes:
-            try:
-                if name == "RTL":
-                    self._command(mavlink.MAV_CMD_NAV_RETURN_TO_LAUNCH, (), "returning to launch")
-                elif name == "LAND":
-                    self._command(mavlink.MAV_CMD_NAV_LAND, _LAND_PARAMS, "landing")
-                else:
-                    self.hold()
-                    return name
-                self.stop_stream()
-                return name
-            except (CommandRefused, LinkTimeout, AutopilotError) as exc:
-                log.warning("failsafe: PX4 did not take %s: %s", name, exc)
-                error = exc
-        assert error is not None
-        raise error
+
+        def attempt(name: str) -> None:
+            if name == "RTL":
+                self._command(mavlink.MAV_CMD_NAV_RETURN_TO_LAUNCH, (), "returning to launch")
+            elif name == "LAND":
+                self._command(mavlink.MAV_CMD_NAV_LAND, _LAND_PARAMS, "landing")
+            else:
+                self.hold()
+                return
+            self.stop_stream()  # PX4 is in charge now
+
+        return self._first_failsafe(attempt)
 
     def release(self) -> None:
         """NAV_LAND if flying, else disarm; stop the stream. Returns without waiting. Never raises: if PX4 took

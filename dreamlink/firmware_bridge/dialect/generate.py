@@ -41,7 +41,7 @@ MESSAGES = (
     "NAMED_VALUE_FLOAT",
     # parameters (params.py) and ArduPilot's stream requests
     "PARAM_SET", "PARAM_VALUE", "PARAM_REQUEST_READ", "PARAM_REQUEST_LIST", "REQUEST_DATA_STREAM",
-    # flight-controller telemetry the profiles turn into a state and health (autopilot.py, ardupilot.py, px4.py)
+    # flight-controller telemetry the profiles turn into a state and health (messages.py, autopilot_telemetry.py)
     "SYS_STATUS", "EXTENDED_SYS_STATE", "LOCAL_POSITION_NED", "ATTITUDE", "EKF_STATUS_REPORT", "ESTIMATOR_STATUS",
     # setpoints / actuator targets the profiles send
     "SET_POSITION_TARGET_LOCAL_NED", "SET_ACTUATOR_CONTROL_TARGET",
