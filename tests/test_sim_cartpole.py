@@ -16,7 +16,7 @@ import pytest
 from dreamlink.firmware_bridge.link import Link, LinkConfig, LinkTimeout, mavlink
 from dreamlink.sim.cartpole_physics import CartpoleParams, step
 from dreamlink.sim.launcher import SitlError, SitlProcess
-from dreamlink.sim.motor_board import new_parser
+from dreamlink.sim.mavlink_udp import new_parser
 
 PARAMS = CartpoleParams()
 PERIOD_S = 0.02
