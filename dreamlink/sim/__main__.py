@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 def _cartpole(argv: list[str]) -> int:
-    from dreamlink.sim.motor_board import main
+    from dreamlink.sim.motor_board_process import main
 
     return main(argv)
 
@@ -19,7 +19,7 @@ def _quad(argv: list[str]) -> int:
 
 
 def _gym(argv: list[str]) -> int:
-    from dreamlink.sim.motor_board import main
+    from dreamlink.sim.motor_board_process import main
 
     return main(["gym", *argv])
 

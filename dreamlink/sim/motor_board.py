@@ -47,20 +47,15 @@ is the client side):
   (`rx_unsigned_rejected`, `rx_bad_signature`, `rx_replayed` in the counters logged at exit).
   Same rule as the Link (`dreamlink.firmware_bridge.admission`): that is the protocol, both ends.
 
-Entry: `python -m dreamlink.sim cartpole --out udp:127.0.0.1:PORT [--lockstep] [--seed N]
-[--rate-hz 50] [--signing-key-file KEY]`; `main(argv)` is what `dreamlink sitl cartpole ...` calls.
-SIGTERM/SIGINT exit 0.
+This module is the board itself, transport-free (`MotorBoard`: feed it datagrams, advance it on a clock);
+`dreamlink.sim.motor_board_process` serves it on its UDP socket: `python -m dreamlink.sim cartpole|gym ...`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import ipaddress
 import logging
 import math
-import select
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,14 +67,13 @@ from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateL
 from dreamlink.firmware_bridge.security import (
     Authenticator,
     SigningKey,
-    SigningKeyError,
-    load_signing_key,
     signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams
-from dreamlink.sim.mavlink_udp import drain, mavlink, stop_on_signals, udp_address
+from dreamlink.sim.mavlink_udp import mavlink
 from dreamlink.sim.plants import CartpolePlant, GymPlant, Plant
-from dreamlink.spec import SimSpec, SpecError, load_vehicle
+from dreamlink.sim.udp_process import check_link_fields
+from dreamlink.spec import SimSpec, load_vehicle
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +82,6 @@ BOARD_COMPONENT_ID = mavlink.MAV_COMP_ID_AUTOPILOT1
 TELEMETRY_MSG_ID = mavlink.MAVLINK_MSG_ID_DEBUG_FLOAT_ARRAY
 CUSTOM_MODE_LOCKSTEP = 1
 MIN_STREAM_INTERVAL_US = 1000
-HEARTBEAT_PERIOD_S = 1.0
-MAX_LAG_S = 0.25  # further behind the wall clock than this (process stalled): skip ahead, don't burst
 _DEBUG_ARRAY_LEN = 58
 
 
@@ -115,18 +107,13 @@ class BoardConfig:
     gym_env: str = ""  # overrides the vehicle file's [sim] gym_env
 
     def __post_init__(self) -> None:
-        if not 0 < self.out_port < 65536:
-            raise ValueError(f"BoardConfig.out_port: expected 1..65535, got {self.out_port!r}")
-        if not 0 <= self.bind_port < 65536:
-            raise ValueError(f"BoardConfig.bind_port: expected 0..65535, got {self.bind_port!r}")
+        check_link_fields("BoardConfig", self.out_port, self.bind_port, self.seed)
         if not (math.isfinite(self.rate_hz) and 1.0 <= self.rate_hz <= 1000.0):
             raise ValueError(f"BoardConfig.rate_hz: expected 1..1000 Hz, got {self.rate_hz!r}")
         if not (math.isfinite(self.sensor_noise_std) and self.sensor_noise_std >= 0):
             raise ValueError(f"BoardConfig.sensor_noise_std: expected >= 0, got {self.sensor_noise_std!r}")
         if not (math.isfinite(self.command_timeout_s) and self.command_timeout_s > 0):
             raise ValueError(f"BoardConfig.command_timeout_s: expected > 0 s, got {self.command_timeout_s!r}")
-        if self.seed < 0:
-            raise ValueError(f"BoardConfig.seed: expected an integer >= 0, got {self.seed!r}")
 
     @property
     def period_us(self) -> int:
@@ -374,30 +361,6 @@ class MotorBoard:
         return int(mavlink.MAV_RESULT_ACCEPTED)
 
 
-def run_board(config: BoardConfig, should_stop: Callable[[], bool], wake_socks: Sequence[socket.socket] = (),
-              clock: Callable[[], float] = time.monotonic) -> BoardCounters:
-    """Serve one board on UDP until `should_stop()`; `wake_socks` are drained when readable (signal wake-up)."""
-    key = load_signing_key(config.signing_key_file) if config.signing_key_file else None
-    out_addr = (socket.gethostbyname(config.out_host), config.out_port)
-    bind_host = config.bind_host or ("127.0.0.1" if ipaddress.ip_address(out_addr[0]).is_loopback else "0.0.0.0")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.bind((bind_host, config.bind_port))
-        sock.setblocking(False)
-        counters = BoardCounters()
-        plant = make_plant(config)
-        board = MotorBoard(config, lambda frame: _sendto(sock, frame, out_addr, counters), counters, key,
-                           plant=plant)
-        log.info("%s board on udp:%s:%d -> udp:%s:%d (%s, %.0f Hz, seed %d%s)",
-                 plant.spec.name if plant is not None else "cart-pole motor", *sock.getsockname(),
-                 *out_addr, "lockstep" if config.lockstep else "real time", config.rate_hz, config.seed,
-                 f", signing with key {key.key_id}" if key is not None else "")
-        _serve(board, sock, should_stop, wake_socks, clock)
-        return board.counters
-    finally:
-        sock.close()
-
-
 def make_plant(config: BoardConfig) -> Plant | None:
     """The plant a board config names: a Gymnasium environment from its vehicle file, else None (the cart-pole)."""
     if not config.vehicle_file:
@@ -407,132 +370,3 @@ def make_plant(config: BoardConfig) -> Plant | None:
         sim = spec.sim or SimSpec(config.gym_env)
         spec = dataclasses.replace(spec, sim=dataclasses.replace(sim, gym_env=config.gym_env))
     return GymPlant(spec, np.random.default_rng(config.seed))
-
-
-def _sendto(sock: socket.socket, frame: bytes, addr: tuple[str, int], counters: BoardCounters) -> None:
-    try:
-        sock.sendto(frame, addr)
-    except OSError:  # nobody listening yet (ICMP refused) or buffer full: UDP, the client catches up
-        counters.tx_errors += 1
-
-
-def _serve(board: MotorBoard, sock: socket.socket, should_stop: Callable[[], bool],
-           wake_socks: Sequence[socket.socket], clock: Callable[[], float]) -> None:
-    period_s = board.config.period_us / 1e6
-    realtime = not board.config.lockstep
-    start = clock()
-    next_heartbeat, next_step = start, start + period_s
-    next_telemetry, telemetry_interval_us = next_step, board.stream_interval_us
-    readers = [sock, *wake_socks]
-    while not should_stop():
-        now = clock()
-        if now >= next_heartbeat:
-            board.send_heartbeat()
-            if not realtime:
-                board.send_state()
-            next_heartbeat = _next_deadline(next_heartbeat, HEARTBEAT_PERIOD_S, now)
-        deadline = next_heartbeat
-        if realtime:
-            if now - next_step > MAX_LAG_S:
-                board.counters.wall_clock_skips += 1
-                log.warning("physics %.3f s behind the wall clock: skipping ahead", now - next_step)
-                next_step = now
-            while now >= next_step:
-                board.advance()
-                next_step += period_s
-            if board.stream_interval_us != telemetry_interval_us:
-                telemetry_interval_us, next_telemetry = board.stream_interval_us, now
-            if telemetry_interval_us is not None:
-                if now >= next_telemetry:
-                    board.send_state()
-                    next_telemetry = _next_deadline(next_telemetry, telemetry_interval_us / 1e6, now)
-                deadline = min(deadline, next_telemetry)
-            deadline = min(deadline, next_step)
-        readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
-        for ready in readable:
-            if ready is sock:
-                drain(board.receive, sock)
-            else:
-                try:
-                    ready.recv(4096)
-                except OSError:
-                    pass
-
-
-def _next_deadline(deadline: float, period_s: float, now: float) -> float:
-    """Keep the phase while on time; after a stall, restart from now instead of bursting to catch up."""
-    deadline += period_s
-    return deadline if deadline > now else now + period_s
-
-
-def _parse_param(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    names = [f.name for f in dataclasses.fields(CartpoleParams)]
-    if not sep or name not in names:
-        raise argparse.ArgumentTypeError(f"--param: expected NAME=VALUE with NAME one of {names}, got {text!r}")
-    try:
-        return name, (int(value) if name == "substeps" else float(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--param {name}: expected a number, got {value!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dreamlink.sim cartpole|gym",
-                                description="A board SITL speaking MAVLink 2 over UDP: dreamlink's cart-pole, or "
-                                            "any continuous-action Gymnasium environment a vehicle file names.")
-    p.add_argument("vehicle", nargs="?", default="cartpole", choices=["cartpole", "gym"])
-    p.add_argument("--vehicle", dest="vehicle_file", default="", metavar="FILE",
-                   help="gym: the vehicle file ([sim] gym_env, [link] telemetry); its control period is the rate")
-    p.add_argument("--env", default="", metavar="ID", help="gym: the Gymnasium environment (default: the file's)")
-    p.add_argument("--out", required=True, type=lambda s: udp_address(s, "--out"),
-                   help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
-    p.add_argument("--bind", type=lambda s: udp_address(s, "--bind"), default=None,
-                   help="own socket, HOST:PORT (default: loopback or all interfaces, any free port)")
-    p.add_argument("--lockstep", action="store_true", help="advance one period per actuator target")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rate-hz", type=float, default=50.0, help="control/physics rate; telemetry default")
-    p.add_argument("--sensor-noise-std", type=float, default=0.0)
-    p.add_argument("--command-timeout-s", type=float, default=0.2)
-    p.add_argument("--no-hold", action="store_true", help="let the pole fall from start, before the first arming")
-    p.add_argument("--param", type=_parse_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="override a CartpoleParams field, e.g. pole_mass_kg=0.12 (repeatable)")
-    p.add_argument("--signing-key-file", default="", metavar="KEY",
-                   help="MAVLink 2 signing key (32 bytes, chmod 600): sign all, accept only signed frames")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return p
-
-
-def main(argv: list[str]) -> int:
-    """Run the SITL board until SIGTERM/SIGINT; returns the process exit code."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the usage error
-        return int(exc.code or 0)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    rate_hz = args.rate_hz
-    try:
-        if args.vehicle == "gym" or args.vehicle_file:
-            if not args.vehicle_file:
-                raise ValueError("gym: --vehicle FILE is required (a vehicle file whose [sim] names the environment)")
-            rate_hz = load_vehicle(args.vehicle_file).rate_hz
-        config = BoardConfig(out_host=args.out[0], out_port=args.out[1], bind_host=args.bind[0] if args.bind else "",
-                             bind_port=args.bind[1] if args.bind else 0, lockstep=args.lockstep, seed=args.seed,
-                             rate_hz=rate_hz, sensor_noise_std=args.sensor_noise_std, vehicle_file=args.vehicle_file,
-                             gym_env=args.env,
-                             command_timeout_s=args.command_timeout_s,
-                             hold_until_armed=not args.no_hold, signing_key_file=args.signing_key_file,
-                             physics=CartpoleParams(**dict(args.param)))
-    except (ValueError, TypeError, SpecError) as exc:
-        log.error("bad argument: %s", exc)
-        return 2
-    with stop_on_signals() as (stop, wake_r):
-        try:
-            counters = run_board(config, stop.is_set, wake_socks=(wake_r,))
-        except SigningKeyError as exc:
-            log.error("--signing-key-file: %s", exc)
-            return 2
-        except OSError as exc:
-            log.error("cannot serve the board on udp (%s); is --bind free and --out a reachable host?", exc)
-            return 1
-    log.info("board stopped: %s", counters)
-    return 0

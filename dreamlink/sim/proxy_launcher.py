@@ -8,26 +8,23 @@
 `SitlBehindProxy` starts the SITL bound to a known port and sending to the proxy's vehicle side,
 then the proxy, which sends to `connect_string`'s port where the runtime listens (the plumbing is
 drawn in `dreamlink.sim.fault_proxy`). `FaultProxy` alone is the proxy process, for a vehicle
-started some other way.
+started some other way; its start, stop and cleanup are the process launcher's (`launcher.LaunchedProcess`),
+with "ready" meaning the proxy's `ready` event on stdout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import select
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from dreamlink.sim.fault_proxy import DIRECTIONS, NO_FAULTS, FaultSpec
-from dreamlink.sim.launcher import SitlError, SitlProcess, free_udp_port
+from dreamlink.sim.launcher import LaunchedProcess, SitlError, SitlProcess, free_udp_port
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +33,16 @@ class ProxyError(RuntimeError):
     """The proxy process died or never became ready; the message carries its stderr tail."""
 
 
-class FaultProxy:
+class FaultProxy(LaunchedProcess):
     """The fault proxy process: vehicle side on `listen_vehicle`, forwarding to the runtime on `to_runtime`."""
+
+    error = ProxyError
+    pipe_stdout = True  # its events (ready, counters) are JSON lines on stdout; its log goes to stderr
 
     def __init__(self, to_runtime: int, listen_vehicle: int | None = None,
                  to_runtime_faults: FaultSpec = NO_FAULTS, to_vehicle_faults: FaultSpec = NO_FAULTS,
                  seed: int = 0, vehicle_addr: tuple[str, int] | None = None, ready_timeout_s: float = 10.0) -> None:
+        super().__init__("fault proxy", "fault-proxy-")
         self.to_runtime = to_runtime
         self.listen_vehicle = listen_vehicle if listen_vehicle is not None else free_udp_port()
         self.faults = {"to_runtime": to_runtime_faults, "to_vehicle": to_vehicle_faults}
@@ -50,8 +51,6 @@ class FaultProxy:
         self.ready_timeout_s = ready_timeout_s
         self.counters: dict[str, Any] | None = None  # filled in by stop()
         self.runtime_side_port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: IO[bytes] | None = None
 
     @property
     def vehicle_out(self) -> str:
@@ -62,12 +61,6 @@ class FaultProxy:
     def connect_string(self) -> str:
         """Where the runtime's Link listens."""
         return f"udp:127.0.0.1:{self.to_runtime}"
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise ProxyError("FaultProxy.pid: the process is not started")
-        return self._proc.pid
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "dreamlink.sim.fault_proxy", "--listen-vehicle", str(self.listen_vehicle),
@@ -80,23 +73,11 @@ class FaultProxy:
             cmd += ["--vehicle", f"{self.vehicle_addr[0]}:{self.vehicle_addr[1]}"]
         return cmd
 
-    def start(self) -> FaultProxy:
-        if self._proc is not None:
-            raise ProxyError("FaultProxy.start: already started")
-        self._stderr = tempfile.TemporaryFile(prefix="fault-proxy-")
-        repo_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])))
-        self._proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._stderr, env=env)
-        try:
-            ready = self._read_event("ready", self.ready_timeout_s)
-        except BaseException:
-            self.close()
-            raise
+    def _await_ready(self) -> None:
+        ready = self._read_event("ready", self.ready_timeout_s)
         self.runtime_side_port = int(ready["runtime_side_port"])
-        log.info("started fault proxy pid %d: %s -> %s, faults %s", self._proc.pid, self.vehicle_out,
+        log.info("started fault proxy pid %d: %s -> %s, faults %s", self.pid, self.vehicle_out,
                  self.connect_string, ready["faults"])
-        return self
 
     def _read_event(self, name: str, timeout_s: float) -> dict[str, Any]:
         assert self._proc is not None and self._proc.stdout is not None
@@ -115,28 +96,12 @@ class FaultProxy:
         raise ProxyError(f"fault proxy (pid {self._proc.pid}) gave no {name!r} event within {timeout_s:.1f} s "
                          f"(exit code {self._proc.poll()}):\n{self.output_tail()}")
 
-    def output_tail(self, max_chars: int = 4000) -> str:
-        """The end of the proxy's stderr (its log)."""
-        if self._stderr is None:
-            return ""
-        self._stderr.flush()
-        size = self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, size - max_chars))
-        return self._stderr.read().decode("utf-8", errors="replace")
-
     def stop(self, timeout_s: float = 3.0) -> dict[str, Any] | None:
         """SIGTERM, read the counters it prints, SIGKILL after `timeout_s`. Returns the counters."""
         proc = self._proc
         if proc is None or self.counters is not None:
             return self.counters
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("fault proxy pid %d ignored SIGTERM for %.1f s: killing it", proc.pid, timeout_s)
-            proc.kill()
-            out, _ = proc.communicate()
+        out = self._terminate(timeout_s)
         for line in reversed(out.decode("utf-8", errors="replace").splitlines()):
             event = json.loads(line) if line.startswith("{") else {}
             if event.get("event") == "counters":
@@ -146,19 +111,6 @@ class FaultProxy:
             log.warning("fault proxy pid %d exited %s without counters:\n%s", proc.pid, proc.returncode,
                         self.output_tail())
         return self.counters
-
-    def close(self) -> None:
-        self.stop()
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 class SitlBehindProxy:

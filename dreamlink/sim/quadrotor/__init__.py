@@ -7,8 +7,9 @@
 - `autopilot` (shared), `ardupilot`, `px4`: arming, modes, setpoints, timeouts, failsafes, land detection.
 - `randomisation`: `DomainParams`, `sample(rng, ranges)`.
 - `vehicle`: `SimVehicle`, physics + controller + autopilot on one clock, no transport.
-- `mavlink_io`: `MavlinkFace`, the MAVLink side (commands, streams, noise, latency).
-- `process`: the UDP process, `main(argv)`.
+- `mavlink_io`: `MavlinkFace`, the MAVLink side (commands, stream schedule, latency, signing).
+- `telemetry`: what each telemetry message says (the noisy estimate, estimator health, home).
+- `process`: the UDP process, `main(argv)` (on `dreamlink.sim.udp_process`, as the motor board).
 
 Nothing is imported here: rotorpy (and through it torch) loads only when a submodule is used.
 """

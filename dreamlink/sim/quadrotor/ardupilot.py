@@ -44,10 +44,6 @@ import numpy as np
 
 from dreamlink.sim.quadrotor.autopilot import (
     FORCE_ARM_DISARM,
-    MAV_LANDED_STATE_IN_AIR,
-    MAV_LANDED_STATE_LANDING,
-    MAV_LANDED_STATE_ON_GROUND,
-    MAV_LANDED_STATE_TAKEOFF,
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_DENIED,
     MAV_RESULT_FAILED,
@@ -57,6 +53,7 @@ from dreamlink.sim.quadrotor.autopilot import (
     MAV_SEVERITY_WARNING,
     MAV_STATE_ACTIVE,
     MAV_STATE_STANDBY,
+    MAV_TYPE_QUADROTOR,
     Autopilot,
     AutopilotConfig,
     GuidanceLimits,
@@ -81,7 +78,6 @@ from dreamlink.sim.quadrotor.setpoints import (
     decode_position_target_mask,
 )
 
-MAV_TYPE_QUADROTOR = 2
 MAV_AUTOPILOT_ARDUPILOTMEGA = 3
 MAV_FRAME_GLOBAL_RELATIVE_ALT = 3
 _TAKEOFF_MODES = (CopterMode.GUIDED, CopterMode.LOITER, CopterMode.POSHOLD)
@@ -136,15 +132,6 @@ class ArduCopterAutopilot(Autopilot):
         base_mode = copter_base_mode(self.mode, self.armed)
         return MAV_TYPE_QUADROTOR, MAV_AUTOPILOT_ARDUPILOTMEGA, base_mode, self.mode, status
 
-    def landed_state(self) -> int:
-        if self.landed:
-            return MAV_LANDED_STATE_ON_GROUND
-        if self.landing():
-            return MAV_LANDED_STATE_LANDING
-        if self.task.kind == "takeoff" and not self.task.done:
-            return MAV_LANDED_STATE_TAKEOFF
-        return MAV_LANDED_STATE_IN_AIR
-
     def prearm_ok(self, now_s: float) -> bool:
         return self.estimator_ok(now_s) and self.mode not in COPTER_NOT_ARMABLE
 
@@ -156,32 +143,30 @@ class ArduCopterAutopilot(Autopilot):
 
     # -- commands -----------------------------------------------------------------------------------------------
 
-    def command(self, command: int, params: Sequence[float], now_s: float, state: QuadState,
-                source_component: int = 0, frame: int | None = None) -> list[int] | None:
-        """Results to ACK (one per COMMAND_ACK), or None when the command is not a flight command."""
-        self.counters.commands += 1
-        if command == 400:  # MAV_CMD_COMPONENT_ARM_DISARM
-            return [self._arm_disarm(params[0], params[1], now_s, state)]
-        if command == 176:  # MAV_CMD_DO_SET_MODE
-            if not int(params[0]) & MAV_MODE_FLAG_CUSTOM_MODE_ENABLED:
-                return [MAV_RESULT_DENIED]
-            return [MAV_RESULT_ACCEPTED if self.set_mode(int(params[1]), now_s, state) else MAV_RESULT_FAILED]
-        if command == 22:  # MAV_CMD_NAV_TAKEOFF
-            if frame is not None and frame != MAV_FRAME_GLOBAL_RELATIVE_ALT:
-                return [MAV_RESULT_DENIED]
-            return [MAV_RESULT_ACCEPTED if self._user_takeoff(params[6], now_s, state) else MAV_RESULT_FAILED]
-        if command == 21:  # MAV_CMD_NAV_LAND
-            return [MAV_RESULT_ACCEPTED if self.set_mode(CopterMode.LAND, now_s, state) else MAV_RESULT_FAILED]
-        if command == 20:  # MAV_CMD_NAV_RETURN_TO_LAUNCH
-            return [MAV_RESULT_ACCEPTED if self.set_mode(CopterMode.RTL, now_s, state) else MAV_RESULT_FAILED]
-        return None
+    def set_mode_command(self, params: Sequence[float], now_s: float, state: QuadState,
+                         source_component: int) -> list[int]:
+        if not int(params[0]) & MAV_MODE_FLAG_CUSTOM_MODE_ENABLED:
+            return [MAV_RESULT_DENIED]
+        return [MAV_RESULT_ACCEPTED if self.set_mode(int(params[1]), now_s, state) else MAV_RESULT_FAILED]
+
+    def takeoff_command(self, param7: float, frame: int | None, now_s: float, state: QuadState) -> int:
+        """param7: altitude above home (m); COMMAND_INT only in MAV_FRAME_GLOBAL_RELATIVE_ALT."""
+        if frame is not None and frame != MAV_FRAME_GLOBAL_RELATIVE_ALT:
+            return MAV_RESULT_DENIED
+        return MAV_RESULT_ACCEPTED if self._user_takeoff(param7, now_s, state) else MAV_RESULT_FAILED
+
+    def land_command(self, now_s: float, state: QuadState) -> int:
+        return MAV_RESULT_ACCEPTED if self.set_mode(CopterMode.LAND, now_s, state) else MAV_RESULT_FAILED
+
+    def return_command(self, now_s: float, state: QuadState) -> int:
+        return MAV_RESULT_ACCEPTED if self.set_mode(CopterMode.RTL, now_s, state) else MAV_RESULT_FAILED
 
     def set_mode_message(self, base_mode: int, custom_mode: int, now_s: float, state: QuadState) -> list[int]:
         if base_mode & MAV_MODE_FLAG_CUSTOM_MODE_ENABLED:
             self.set_mode(custom_mode, now_s, state)
         return []  # ArduCopter no longer acks the SET_MODE message
 
-    def _arm_disarm(self, action: float, param2: float, now_s: float, state: QuadState) -> int:
+    def arm_disarm(self, action: float, param2: float, now_s: float, state: QuadState) -> int:
         forced = param2 == FORCE_ARM_DISARM
         if action == 1.0:
             if self.armed:

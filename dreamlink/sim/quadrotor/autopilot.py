@@ -1,10 +1,11 @@
 """The flight controller's logic, transport-free: arming, modes, setpoints, timeouts, land detection, guidance.
 
 `Autopilot` holds what both families share: the guidance tasks a mode runs (hold, take off, land, return,
-brake, follow the companion's setpoints), the land detector, the setpoint store and the STATUSTEXT outbox.
-`ArduCopterAutopilot` (ardupilot.py) and `Px4Autopilot` (px4.py) implement each family's mode table, command
-results and failsafes. Time is injected: every input and `update` carries the vehicle clock `now_s`; nothing
-reads a wall clock, so lockstep and real time run the same code.
+brake, follow the companion's setpoints), the land detector and the landed state it reports, which commands
+are flight commands, the setpoint store and the STATUSTEXT outbox. `ArduCopterAutopilot` (ardupilot.py) and
+`Px4Autopilot` (px4.py) implement each family's mode table, command results and failsafes. Time is injected:
+every input and `update` carries the vehicle clock `now_s`; nothing reads a wall clock, so lockstep and real
+time run the same code.
 
 The autopilot steers with the *true* state (a perfect estimator); telemetry noise is added on the way out.
 """
@@ -12,6 +13,7 @@ The autopilot steers with the *true* state (a perfect estimator); telemetry nois
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +44,9 @@ MAV_LANDED_STATE_TAKEOFF = 3
 MAV_LANDED_STATE_LANDING = 4
 
 FORCE_ARM_DISARM = 21196.0  # param2 magic number of both autopilots
+MAV_TYPE_QUADROTOR = 2
+# The commands `Autopilot.command` answers: ARM_DISARM, DO_SET_MODE, NAV_TAKEOFF, NAV_LAND, NAV_RETURN_TO_LAUNCH
+FLIGHT_COMMANDS = (400, 176, 22, 21, 20)
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,35 @@ class Autopilot:
     def take_texts(self) -> list[tuple[int, str]]:
         out, self.texts = self.texts, []
         return out
+
+    def landed_state(self) -> int:
+        """EXTENDED_SYS_STATE.landed_state, as both families report it."""
+        if self.landed:
+            return MAV_LANDED_STATE_ON_GROUND
+        if self.task.kind == "takeoff" and not self.task.done:
+            return MAV_LANDED_STATE_TAKEOFF
+        if self.landing():
+            return MAV_LANDED_STATE_LANDING
+        return MAV_LANDED_STATE_IN_AIR
+
+    # -- commands -----------------------------------------------------------------------------------------------
+
+    def command(self, command: int, params: Sequence[float], now_s: float, state: QuadState,
+                source_component: int = 0, frame: int | None = None) -> list[int] | None:
+        """Results to ACK (one per COMMAND_ACK), or None when the command is not a flight command. `frame` is
+        COMMAND_INT's (None for COMMAND_LONG); what each command does is the flavour's."""
+        self.counters.commands += 1
+        if command == 400:  # MAV_CMD_COMPONENT_ARM_DISARM
+            return [self.arm_disarm(params[0], params[1], now_s, state)]
+        if command == 176:  # MAV_CMD_DO_SET_MODE
+            return self.set_mode_command(params, now_s, state, source_component)
+        if command == 22:  # MAV_CMD_NAV_TAKEOFF
+            return [self.takeoff_command(params[6], frame, now_s, state)]
+        if command == 21:  # MAV_CMD_NAV_LAND
+            return [self.land_command(now_s, state)]
+        if command == 20:  # MAV_CMD_NAV_RETURN_TO_LAUNCH
+            return [self.return_command(now_s, state)]
+        return None
 
     # -- guidance tasks ------------------------------------------------------------------------------------------
 
@@ -370,6 +404,25 @@ class Autopilot:
         return target if self.armed else OFF
 
     # -- flavour hooks -------------------------------------------------------------------------------------------
+
+    def arm_disarm(self, action: float, param2: float, now_s: float, state: QuadState) -> int:
+        """MAV_CMD_COMPONENT_ARM_DISARM (param1 1 arm / 0 disarm, param2 `FORCE_ARM_DISARM` forces)."""
+        raise NotImplementedError
+
+    def set_mode_command(self, params: Sequence[float], now_s: float, state: QuadState,
+                         source_component: int) -> list[int]:
+        """MAV_CMD_DO_SET_MODE: the results to ACK (PX4 1.16 ACKs twice)."""
+        raise NotImplementedError
+
+    def takeoff_command(self, param7: float, frame: int | None, now_s: float, state: QuadState) -> int:
+        """MAV_CMD_NAV_TAKEOFF; `param7` is the altitude in the flavour's reference."""
+        raise NotImplementedError
+
+    def land_command(self, now_s: float, state: QuadState) -> int:
+        raise NotImplementedError
+
+    def return_command(self, now_s: float, state: QuadState) -> int:
+        raise NotImplementedError
 
     def update_mode(self, now_s: float, state: QuadState) -> None:
         """Timeouts, failsafes and mode completions (flavour)."""

@@ -1,8 +1,8 @@
-"""The simulated flight controller's MAVLink face: parse what arrives, answer commands, stream telemetry.
+"""The simulated flight controller's MAVLink face: parse what arrives, answer commands, schedule telemetry.
 
 Transport-free: `MavlinkFace.receive(datagram)` takes one UDP datagram, `after_frame()` is called after every
 10 ms vehicle frame, and every packed frame goes to the `write` callable. The process (process.py) owns the
-socket and the clock.
+socket and the clock; what each telemetry message says is telemetry.py's, this is when and whether it goes.
 
 Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and commands):
 
@@ -28,16 +28,12 @@ Protocol, as the real autopilots do it (see ardupilot.py / px4.py for modes and 
   does; PX4's texts end in a tab, as in its log. Reasons for a refused command precede its COMMAND_ACK.
 - The mission protocol (MISSION_*: mission, fence, rally points, up and down) is `mission_store.MissionStore`.
 - TIMESYNC with tc1 = 0 is answered with tc1 = vehicle time (ns), ts1 echoed (both autopilots do).
-- Telemetry carries the randomised sensor noise (one noisy estimate per frame, shared by all messages of that
-  frame) and is held back by the randomised latency (vehicle time); HEARTBEAT, COMMAND_ACK and STATUSTEXT are
-  not delayed.
+- Telemetry (with the randomised sensor noise, telemetry.py) is held back by the randomised latency (vehicle
+  time); HEARTBEAT, COMMAND_ACK and STATUSTEXT are not delayed.
 - Malformed input (garbage, CRC errors, a frame cut short at the datagram end, unknown ids) is dropped and
   counted, never fatal.
-- Estimator health, as each autopilot reports it: SYS_STATUS's MAV_SYS_STATUS_AHRS health bit, and
-  EKF_STATUS_REPORT (ArduPilot: flags 831 and variances ~0.05 when healthy; variances >= 0.8, the
-  FS_EKF_THRESH default, and the position flags cleared when not) or ESTIMATOR_STATUS (PX4: test ratios > 1
-  and GPS_GLITCH when not). Both are streamable per flavour at the 2 Hz default. The fault is in the report
-  only: the position telemetry itself stays what it was.
+- Estimator health reports (telemetry.py): ArduPilot streams EKF_STATUS_REPORT, PX4 ESTIMATOR_STATUS, each at
+  the 2 Hz default.
 - Faults (set by the process's schedule): `telemetry_frozen` stops HEARTBEAT and every stream (their schedule
   runs on unsent, counted in `tx_frozen`); TIMESYNC answers, COMMAND_ACK and STATUSTEXT still go out, so a
   lockstep client can still step the vehicle and learn its time.
@@ -64,30 +60,28 @@ from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateL
 from dreamlink.firmware_bridge.security import Authenticator, SigningKey, signing_timestamp
 from dreamlink.sim.mavlink_udp import mavlink
 from dreamlink.sim.quadrotor.autopilot import (
+    FLIGHT_COMMANDS,
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_DENIED,
     MAV_RESULT_FAILED,
     MAV_RESULT_UNSUPPORTED,
     MAV_SEVERITY_INFO,
 )
-from dreamlink.sim.quadrotor.controller import ControlTarget
 from dreamlink.sim.quadrotor.mission_store import MISSION_MESSAGES, MissionStore
 from dreamlink.sim.quadrotor.params import MAV_PARAM_TYPE_REAL32, PARAM_REQUESTS, handle_param_message
-from dreamlink.sim.quadrotor.physics import GRAVITY_MPS2, euler_of, quat_multiply, quat_to_rotation
+from dreamlink.sim.quadrotor.telemetry import STATE_MESSAGES, Telemetry, global_position
 from dreamlink.sim.quadrotor.vehicle import FRAME_US, SimVehicle
 
 log = logging.getLogger(__name__)
 
 SYSTEM_ID = 1
 COMPONENT_ID = 1
-EARTH_RADIUS_M = 6378137.0
 
 MSG = {name: getattr(mavlink, f"MAVLINK_MSG_ID_{name}") for name in (
     "LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY", "SYS_STATUS",
     "EXTENDED_SYS_STATE", "GLOBAL_POSITION_INT", "POSITION_TARGET_LOCAL_NED", "ATTITUDE_TARGET",
     "SERVO_OUTPUT_RAW", "HOME_POSITION", "AUTOPILOT_VERSION", "HEARTBEAT", "EKF_STATUS_REPORT", "ESTIMATOR_STATUS",
     "GPS_GLOBAL_ORIGIN")}
-STATE_MESSAGES = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRES_IMU", "ODOMETRY")
 DEFAULT_RATE_HZ = {"LOCAL_POSITION_NED": 50.0, "ATTITUDE": 50.0, "ATTITUDE_QUATERNION": 50.0, "HIGHRES_IMU": 50.0,
                    "ODOMETRY": 50.0, "SYS_STATUS": 2.0, "EXTENDED_SYS_STATE": 2.0, "GLOBAL_POSITION_INT": 5.0,
                    "POSITION_TARGET_LOCAL_NED": 10.0, "ATTITUDE_TARGET": 10.0, "SERVO_OUTPUT_RAW": 10.0,
@@ -97,23 +91,8 @@ BOOT_STREAMS = ("LOCAL_POSITION_NED", "ATTITUDE", "ATTITUDE_QUATERNION", "HIGHRE
 # ArduPilot's legacy stream groups (REQUEST_DATA_STREAM), reduced to the messages this SITL has
 DATA_STREAM_GROUPS = {1: ("HIGHRES_IMU",), 2: ("SYS_STATUS", "EXTENDED_SYS_STATE"),
                       6: ("LOCAL_POSITION_NED", "GLOBAL_POSITION_INT"), 10: ("ATTITUDE",)}
-# SYS_STATUS sensor bit sets copied from the logs; the pre-arm bit is cleared while the vehicle cannot arm, the AHRS
-# bit while the estimator is not ok (starting up, or a fault)
-SYS_STATUS_BITS = {"ardupilot": (0x5371FC2F, 0x52619C2F, 0x57719C2F), "px4": (0x0300402F, 0x0301402F, 0x1320C83F)}
-PREARM_CHECK = 0x10000000  # MAV_SYS_STATUS_PREARM_CHECK
-AHRS_HEALTH = 0x00200000  # MAV_SYS_STATUS_AHRS: the estimator's health bit in SYS_STATUS
-# EKF_STATUS_FLAGS / ESTIMATOR_STATUS_FLAGS (same bits): attitude, horizontal and vertical velocity, relative and
-# absolute horizontal position, absolute vertical position, predicted relative / absolute horizontal position
-# (ArduPilot reports 831 = 0x33F when healthy). Unhealthy: only attitude, velocity and vertical position left.
-ESTIMATOR_FLAGS_OK = 0x33F
-ESTIMATOR_FLAGS_BAD = 0x027
 # Per-flavour estimator report: ArduPilot's EKF_STATUS_REPORT (ardupilotmega), PX4's ESTIMATOR_STATUS (common)
 ESTIMATOR_REPORT = {"ardupilot": "EKF_STATUS_REPORT", "px4": "ESTIMATOR_STATUS"}
-# Not telemetry: the lockstep protocol and command answers, which a telemetry freeze does not stop
-_NOT_TELEMETRY = frozenset({mavlink.MAVLINK_MSG_ID_TIMESYNC, mavlink.MAVLINK_MSG_ID_COMMAND_ACK,
-                            mavlink.MAVLINK_MSG_ID_STATUSTEXT})
-VERSION = {"ardupilot": (64495, 67633152, 0), "px4": (59647, 17826047, 17826047)}
-TICK_MESSAGES = ("SET_POSITION_TARGET_LOCAL_NED", "SET_ATTITUDE_TARGET")
 
 
 @dataclass
@@ -137,17 +116,6 @@ class IoCounters:
 class _Writer:
     def __init__(self, write: Callable[[bytes], None]) -> None:
         self.write = write
-
-
-@dataclass
-class _Estimate:
-    """The noisy 'EKF output' of one frame, shared by all telemetry of that frame."""
-
-    pos: np.ndarray
-    vel: np.ndarray
-    q: np.ndarray
-    rates: np.ndarray
-    specific_force_frd: np.ndarray
 
 
 class MavlinkFace:
@@ -179,10 +147,7 @@ class MavlinkFace:
         self._delayed: deque[tuple[int, Any]] = deque()  # (due us, packed frame or, signing, the message)
         self._delaying = False
         self._released: dict[int, bytes] = {}  # newest frame written per message id (the snapshot resends it)
-        self._noise_rng = np.random.default_rng([vehicle.domain.seed, 2])
-        self._estimate: _Estimate | None = None
-        self._estimate_frame = -1
-        self._prev_vel = np.zeros(3)
+        self._telemetry = Telemetry(vehicle, self._mav)  # telemetry.py: what each message says
         self.interval_us: dict[str, int] = {}
         self._next_due_us: dict[str, int] = {}
         boot = self.flavour == "px4" if streams_at_boot is None else streams_at_boot
@@ -191,7 +156,8 @@ class MavlinkFace:
                 if self.streamable(name):
                     self.set_interval(name, 0)
         self._next_heartbeat_us = 0
-        self.missions = MissionStore(self.flavour, self._mav, lambda: self._global(np.zeros(3)))  # mission_store.py
+        self.missions = MissionStore(self.flavour, self._mav,  # mission_store.py
+                                     lambda: global_position(vehicle.home, np.zeros(3)))
 
     # -- streams ------------------------------------------------------------------------------------------------
 
@@ -303,117 +269,10 @@ class MavlinkFace:
         for seq, start in enumerate(range(0, len(data), 50)):
             self._mav.statustext_send(severity, data[start:start + 50], chunk_id, seq)
 
-    def _estimate_now(self) -> _Estimate:
-        v = self.vehicle
-        if self._estimate is not None and self._estimate_frame == v.frames:
-            return self._estimate
-        s, d, rng = v.state, v.domain, self._noise_rng
-        q = s.q_ned_frd
-        if d.att_noise_rad > 0:
-            rot = rng.normal(0.0, d.att_noise_rad, 3)
-            q = quat_multiply(q, np.array([1.0, *(0.5 * rot)]))
-            q = q / np.linalg.norm(q)
-        accel = s.accel_ned_mps2 - np.array([0.0, 0.0, GRAVITY_MPS2])
-        est = _Estimate(
-            pos=s.pos_ned_m + (rng.normal(0.0, d.pos_noise_m, 3) if d.pos_noise_m > 0 else 0.0),
-            vel=s.vel_ned_mps + (rng.normal(0.0, d.vel_noise_mps, 3) if d.vel_noise_mps > 0 else 0.0),
-            q=q, rates=s.rates_frd_radps + (rng.normal(0.0, d.gyro_noise_radps, 3) if d.gyro_noise_radps > 0 else 0.0),
-            specific_force_frd=quat_to_rotation(s.q_ned_frd).T @ accel
-            + (rng.normal(0.0, d.accel_noise_mps2, 3) if d.accel_noise_mps2 > 0 else 0.0))
-        self._estimate, self._estimate_frame = est, v.frames
-        return est
 
     def send_message(self, name: str) -> bool:
-        """Send one message by name; False if this SITL cannot produce it."""
-        v = self.vehicle
-        ms, us = v.time_us // 1000, v.time_us
-        m = self._mav
-        if name in STATE_MESSAGES or name == "GLOBAL_POSITION_INT":
-            e = self._estimate_now()
-        if name == "LOCAL_POSITION_NED":
-            m.local_position_ned_send(ms, *e.pos, *e.vel)
-        elif name == "ATTITUDE":
-            m.attitude_send(ms, *euler_of(e.q), *e.rates)
-        elif name == "ATTITUDE_QUATERNION":
-            m.attitude_quaternion_send(ms, *e.q, *e.rates, [0.0, 0.0, 0.0, 0.0])
-        elif name == "ODOMETRY":
-            nan = math.nan
-            m.odometry_send(us, mavlink.MAV_FRAME_LOCAL_NED, mavlink.MAV_FRAME_LOCAL_NED, *e.pos, list(e.q), *e.vel,
-                            *e.rates, [nan] * 21, [nan] * 21, 0, mavlink.MAV_ESTIMATOR_TYPE_AUTOPILOT, 100)
-        elif name == "HIGHRES_IMU":
-            f = e.specific_force_frd
-            mag = quat_to_rotation(e.q).T @ np.array([0.21, 0.01, 0.43])  # a fixed earth field, gauss
-            alt_amsl = v.home[2] - float(e.pos[2])
-            pressure_hpa = 1013.25 * (1 - 2.25577e-5 * alt_amsl) ** 5.25588
-            m.highres_imu_send(us, *f, *e.rates, *mag, pressure_hpa, 0.0, alt_amsl, 25.0, 0x1FFF, 0)
-        elif name == "SYS_STATUS":
-            present, enabled, health = SYS_STATUS_BITS[self.flavour]
-            # Two separate bits, as in the real logs (../shared/data/sitl-logs): after a landing PX4's pre-arm bit
-            # goes bad while its AHRS bit stays good; the AHRS bit follows the estimator only (its start-up, a fault).
-            if not v.autopilot.prearm_ok(v.time_s) and not v.autopilot.armed:
-                health &= ~PREARM_CHECK
-            if not v.autopilot.estimator_ok(v.time_s):
-                health &= ~AHRS_HEALTH
-            m.sys_status_send(present, enabled, health, 0, 12600 if self.flavour == "ardupilot" else 16200, -1, 100,
-                              0, 0, 0, 0, 0, 0)
-        elif name == "EXTENDED_SYS_STATE":
-            m.extended_sys_state_send(v.autopilot.vtol_state, v.autopilot.landed_state())
-        elif name == "GLOBAL_POSITION_INT":
-            lat, lon, alt = self._global(e.pos)
-            hdg = round(math.degrees(euler_of(e.q)[2]) % 360 * 100)
-            m.global_position_int_send(ms, lat, lon, int(alt * 1000), round(-e.pos[2] * 1000),
-                                       *(round(c * 100) for c in e.vel), hdg)
-        elif name in ("HOME_POSITION", "GPS_GLOBAL_ORIGIN"):  # home is the local frame's origin here
-            lat, lon, alt = self._global(np.zeros(3))
-            if name == "GPS_GLOBAL_ORIGIN":
-                m.gps_global_origin_send(lat, lon, round(alt * 1000), us)
-            else:
-                m.home_position_send(lat, lon, int(alt * 1000), 0.0, 0.0, 0.0, [1.0, 0.0, 0.0, 0.0], 0.0, 0.0, 0.0, us)
-        elif name == "POSITION_TARGET_LOCAL_NED":
-            self._send_position_target(ms, v.target)
-        elif name == "ATTITUDE_TARGET":
-            out = v.controller.output
-            m.attitude_target_send(ms, 0, list(out.q_sp_ned_frd), *out.rates_sp_frd_radps, out.thrust_frac)
-        elif name == "SERVO_OUTPUT_RAW":
-            frac = (v.state.rotor_speeds_radps / v.true_params.rotor_speed_max_radps) ** 2
-            low = 1000 if self.flavour == "ardupilot" else 900
-            pwm = [int(1000 + 1000 * f) if v.autopilot.armed else low for f in frac]
-            m.servo_output_raw_send(us & 0xFFFFFFFF, 0, *pwm, 0, 0, 0, 0)
-        elif name == "EKF_STATUS_REPORT":  # variances are test ratios: >= 0.8 is FS_EKF_THRESH's "bad"
-            bad = v.autopilot.estimator_fault
-            var = 1.2 if bad else 0.05
-            m.ekf_status_report_send(ESTIMATOR_FLAGS_BAD if bad else ESTIMATOR_FLAGS_OK, var, var, 0.05, var, 0.0)
-        elif name == "ESTIMATOR_STATUS":  # ratios: > 1 is a failed innovation test
-            bad = v.autopilot.estimator_fault
-            ratio = 1.5 if bad else 0.1
-            flags = (ESTIMATOR_FLAGS_BAD | mavlink.ESTIMATOR_GPS_GLITCH) if bad else ESTIMATOR_FLAGS_OK
-            m.estimator_status_send(us, flags, ratio, 0.1, ratio, 0.1, 0.0, 0.0, 0.5, 0.5)
-        elif name == "AUTOPILOT_VERSION":
-            caps, flight, middle = VERSION[self.flavour]
-            m.autopilot_version_send(caps, flight, middle, 0, 0, [0] * 8, [0] * 8, [0] * 8, 0, 0, 0xD7EA3110C,
-                                     [0] * 18)
-        else:
-            return False
-        return True
-
-    def _send_position_target(self, ms: int, t: ControlTarget) -> None:
-        if t.kind != "trajectory":
-            return
-        mask = 0
-        for i, bit in enumerate((1, 2, 4)):
-            mask |= bit if not math.isfinite(t.pos_ned[i]) else 0
-            mask |= bit * 8 if not math.isfinite(t.vel_ned[i]) else 0
-            mask |= bit * 64 if not math.isfinite(t.acc_ned[i]) else 0
-        mask |= 1024 if not math.isfinite(t.yaw_rad) else 0
-        mask |= 2048 if not math.isfinite(t.yaw_rate_radps) else 0
-        self._mav.position_target_local_ned_send(ms, mavlink.MAV_FRAME_LOCAL_NED, mask, *t.pos_ned, *t.vel_ned,
-                                                 *t.acc_ned, t.yaw_rad, t.yaw_rate_radps)
-
-    def _global(self, pos_ned: np.ndarray) -> tuple[int, int, float]:
-        lat0, lon0, alt0 = self.vehicle.home
-        lat = lat0 + math.degrees(float(pos_ned[0]) / EARTH_RADIUS_M)
-        lon = lon0 + math.degrees(float(pos_ned[1]) / (EARTH_RADIUS_M * math.cos(math.radians(lat0))))
-        return round(lat * 1e7), round(lon * 1e7), alt0 - float(pos_ned[2])
+        """Send one message by name now (streams, requests); False if this SITL cannot produce it."""
+        return self._telemetry.send(name)
 
     # -- incoming -------------------------------------------------------------------------------------------------
 
@@ -502,7 +361,7 @@ class MavlinkFace:
             self._mav.command_ack_send(command, result, 0, 0, src[0], src[1])
         if after is not None:
             self.send_message(after)
-        if command in (400, 176, 22, 21, 20):
+        if command in FLIGHT_COMMANDS:
             self._after_state_change()
 
     def _after_state_change(self) -> None:

@@ -10,7 +10,8 @@
 leading "quad" is accepted too). SIGTERM / SIGINT end it with exit code 0.
 
 Transport (as PX4 SITL and the cart-pole board): one UDP socket; everything goes to `--out`, whatever
-arrives on the socket is taken. The client listens on `--out`'s port.
+arrives on the socket is taken. The client listens on `--out`'s port. The link arguments, the socket and
+the exit codes are the ones every SITL process shares (`dreamlink.sim.udp_process`).
 
 Start: the domain parameters are drawn from `--seed` (unless `--nominal`), `--wind-mps` / `--gust-mps`
 override the wind, and the draw is printed on stdout as one line `DOMAIN {json}` (and written to
@@ -52,11 +53,9 @@ Timing:
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import math
-import select
 import socket
 import sys
 import time
@@ -68,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.security import SigningKey, load_signing_key
-from dreamlink.sim.mavlink_udp import drain, stop_on_signals, udp_address
+from dreamlink.sim import udp_process
 from dreamlink.sim.quadrotor.autopilot import AutopilotConfig
 from dreamlink.sim.quadrotor.mavlink_io import IoCounters, MavlinkFace
 from dreamlink.sim.quadrotor.modes import FLAVOURS
@@ -113,12 +112,7 @@ class ProcessConfig:
                 raise ValueError(f"ProcessConfig.{name}: expected (start_s, duration_s) >= 0, got {window!r}")
         if self.flavour not in FLAVOURS:
             raise ValueError(f"ProcessConfig.flavour: expected one of {FLAVOURS}, got {self.flavour!r}")
-        if not 0 < self.out_port < 65536:
-            raise ValueError(f"ProcessConfig.out_port: expected 1..65535, got {self.out_port!r}")
-        if not 0 <= self.bind_port < 65536:
-            raise ValueError(f"ProcessConfig.bind_port: expected 0..65535, got {self.bind_port!r}")
-        if self.seed < 0:
-            raise ValueError(f"ProcessConfig.seed: expected an integer >= 0, got {self.seed!r}")
+        udp_process.check_link_fields("ProcessConfig", self.out_port, self.bind_port, self.seed)
         for name in ("wind_mps", "gust_mps"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -238,9 +232,7 @@ def run(config: ProcessConfig, should_stop: Callable[[], bool], wake_socks: Sequ
     `final`, if given, is filled with the vehicle's end state (see the module docstring)."""
     vehicle = vehicle if vehicle is not None else build_vehicle(config)
     key = load_signing_key(config.signing_key_file) if config.signing_key_file else None
-    out_addr = (socket.gethostbyname(config.out_host), config.out_port)
-    bind_host = config.bind_host or ("127.0.0.1" if ipaddress.ip_address(out_addr[0]).is_loopback else "0.0.0.0")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock, out_addr = udp_process.open_udp(config.out_host, config.out_port, config.bind_host, config.bind_port)
     tx_errors = [0]
 
     def send(frame: bytes) -> None:
@@ -250,8 +242,6 @@ def run(config: ProcessConfig, should_stop: Callable[[], bool], wake_socks: Sequ
             tx_errors[0] += 1
 
     try:
-        sock.bind((bind_host, config.bind_port))
-        sock.setblocking(False)
         log.info("quadrotor SITL (%s) on udp:%s:%d -> udp:%s:%d, %s, seed %d%s", config.flavour, *sock.getsockname(),
                  *out_addr, "lockstep" if config.lockstep else "real time", config.seed,
                  f", signing with key {key.key_id}" if key is not None else "")
@@ -275,7 +265,6 @@ def _serve(sitl: _Sitl, sock: socket.socket, should_stop: Callable[[], bool],
     next_frame = start + frame_s
     next_wall_heartbeat = start + WALL_HEARTBEAT_S
     skips = 0
-    readers = [sock, *wake_socks]
     while not should_stop():
         if sitl.reboot_due():
             sitl.reboot()
@@ -298,15 +287,8 @@ def _serve(sitl: _Sitl, sock: socket.socket, should_stop: Callable[[], bool],
                 if sitl.reboot_due():
                     break
             deadline = next_frame
-        readable, _, _ = select.select(readers, [], [], max(0.0, deadline - clock()))
-        for ready in readable:
-            if ready is sock:
-                drain(lambda datagram: sitl.face.receive(datagram), sock)
-            else:
-                try:
-                    ready.recv(4096)
-                except OSError:
-                    pass
+        udp_process.wait_for_datagrams(sock, wake_socks, lambda datagram: sitl.face.receive(datagram),
+                                       deadline - clock())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,12 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Quadrotor flight-controller SITL (ArduCopter or PX4 behaviour) on UDP.")
     p.add_argument("vehicle", nargs="?", default="quad", choices=["quad"])
     p.add_argument("--flavour", required=True, choices=list(FLAVOURS), help="which autopilot to behave like")
-    p.add_argument("--out", required=True, type=lambda s: udp_address(s, "--out"),
-                   help="where to send, e.g. udp:127.0.0.1:14540 (the companion's listening port)")
-    p.add_argument("--bind", type=lambda s: udp_address(s, "--bind"), default=None,
-                   help="own socket HOST:PORT (default: loopback or all interfaces, any free port)")
-    p.add_argument("--lockstep", action="store_true", help="advance 20 ms per setpoint or TIMESYNC request")
-    p.add_argument("--seed", type=int, default=0, help="domain randomisation and noise seed")
+    udp_process.add_link_arguments(p, lockstep_help="advance 20 ms per setpoint or TIMESYNC request",
+                       seed_help="domain randomisation and noise seed")
     p.add_argument("--nominal", action="store_true", help="no randomisation: nominal airframe, calm, no noise")
     p.add_argument("--wind-mps", type=float, default=None, help="override the mean wind speed (m/s)")
     p.add_argument("--gust-mps", type=float, default=None, help="override the Dryden gust intensity (m/s)")
@@ -333,12 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fault: no HEARTBEAT or streams in this vehicle-time window (s)")
     p.add_argument("--bad-estimator", type=_window, default=None, metavar="START:DURATION",
                    help="fault: the estimator reports itself unhealthy in this vehicle-time window (s)")
-    p.add_argument("--signing-key-file", default="", metavar="KEY",
-                   help="MAVLink 2 signing key (32 bytes, chmod 600): sign all, act only on signed frames")
     p.add_argument("--domain-json", type=Path, default=None, help="also write the drawn parameters here")
     p.add_argument("--domain-json-in", type=Path, default=None,
                    help="fly these parameters (a --domain-json record) instead of drawing them from --seed")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
@@ -355,19 +330,15 @@ def _window(text: str) -> tuple[float, float]:
 
 def main(argv: list[str]) -> int:
     """Run the quadrotor SITL until SIGTERM/SIGINT; returns the process exit code."""
+    args = udp_process.parse_process_args(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the usage error
-        return int(exc.code or 0)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        config = ProcessConfig(flavour=args.flavour, out_host=args.out[0], out_port=args.out[1],
-                               bind_host=args.bind[0] if args.bind else "", bind_port=args.bind[1] if args.bind else 0,
-                               lockstep=args.lockstep, seed=args.seed, nominal=args.nominal, wind_mps=args.wind_mps,
-                               gust_mps=args.gust_mps, estimator_init_s=args.estimator_init_s,
+        config = ProcessConfig(flavour=args.flavour, **udp_process.link_fields(args), nominal=args.nominal,
+                               wind_mps=args.wind_mps, gust_mps=args.gust_mps, estimator_init_s=args.estimator_init_s,
                                streams_at_boot=True if args.streams_at_boot else None,
                                reboot_at_s=args.reboot_at_s, freeze_telemetry=args.freeze_telemetry,
-                               bad_estimator=args.bad_estimator, signing_key_file=args.signing_key_file)
+                               bad_estimator=args.bad_estimator)
         if config.signing_key_file:
             load_signing_key(config.signing_key_file)  # a bad key file is a bad argument (SigningKeyError names it)
         vehicle = build_vehicle(config, read_domain_json(args.domain_json_in) if args.domain_json_in else None)
@@ -385,12 +356,10 @@ def main(argv: list[str]) -> int:
             log.error("cannot write --domain-json %s: %s", args.domain_json, exc)
             return 2
     final: dict[str, Any] = {}
-    with stop_on_signals() as (stop, wake_r):
-        try:
-            counters = run(config, stop.is_set, wake_socks=(wake_r,), vehicle=vehicle, final=final)
-        except OSError as exc:
-            log.error("cannot serve the vehicle on udp (%s); is --bind free and --out a reachable host?", exc)
-            return 1
+    code, counters = udp_process.serve_until_signalled(
+        lambda should_stop, wake_socks: run(config, should_stop, wake_socks, vehicle=vehicle, final=final), "vehicle")
+    if code:
+        return code
     log.info("quadrotor SITL stopped at vehicle time %.2f s: %s", final.get("time_s", math.nan), counters)
     sys.stdout.write("FINAL " + json.dumps(final, sort_keys=True) + "\n")
     sys.stdout.flush()

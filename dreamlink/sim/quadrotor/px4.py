@@ -41,10 +41,6 @@ from collections.abc import Sequence
 
 from dreamlink.sim.quadrotor.autopilot import (
     FORCE_ARM_DISARM,
-    MAV_LANDED_STATE_IN_AIR,
-    MAV_LANDED_STATE_LANDING,
-    MAV_LANDED_STATE_ON_GROUND,
-    MAV_LANDED_STATE_TAKEOFF,
     MAV_RESULT_ACCEPTED,
     MAV_RESULT_TEMPORARILY_REJECTED,
     MAV_RESULT_UNSUPPORTED,
@@ -54,6 +50,7 @@ from dreamlink.sim.quadrotor.autopilot import (
     MAV_STATE_CRITICAL,
     MAV_STATE_STANDBY,
     MAV_STATE_UNINIT,
+    MAV_TYPE_QUADROTOR,
     Autopilot,
     AutopilotConfig,
     GuidanceLimits,
@@ -84,7 +81,6 @@ from dreamlink.sim.quadrotor.setpoints import (
     px4_offboard_control,
 )
 
-MAV_TYPE_QUADROTOR = 2
 MAV_AUTOPILOT_PX4 = 12
 MIS_TAKEOFF_ALT_M = 2.5
 MAV_COMP_ID_MISSIONPLANNER = 190  # QGC: the only source PX4 prints DO_SET_MODE rejections for
@@ -126,15 +122,6 @@ class Px4Autopilot(Autopilot):
         return (MAV_TYPE_QUADROTOR, MAV_AUTOPILOT_PX4, px4_base_mode(self.nav_mode, self.armed),
                 self.nav_mode.custom_mode, status)
 
-    def landed_state(self) -> int:
-        if self.landed:
-            return MAV_LANDED_STATE_ON_GROUND
-        if self.task.kind == "takeoff" and not self.task.done:
-            return MAV_LANDED_STATE_TAKEOFF
-        if self.landing():
-            return MAV_LANDED_STATE_LANDING
-        return MAV_LANDED_STATE_IN_AIR
-
     def prearm_ok(self, now_s: float) -> bool:
         return self.arm_failure(now_s) is None
 
@@ -174,24 +161,21 @@ class Px4Autopilot(Autopilot):
 
     # -- commands -----------------------------------------------------------------------------------------------
 
-    def command(self, command: int, params: Sequence[float], now_s: float, state: QuadState,
-                source_component: int = 0, frame: int | None = None) -> list[int] | None:
-        self.counters.commands += 1
-        if command == 400:  # MAV_CMD_COMPONENT_ARM_DISARM
-            return [self._arm_disarm(params[0], params[1], now_s, state)]
-        if command == 176:  # MAV_CMD_DO_SET_MODE
-            first = [MAV_RESULT_ACCEPTED] if self.config.px4_double_set_mode_ack else []
-            return [*first, self._do_set_mode(params, now_s, state, source_component)]
-        if command == 22:  # MAV_CMD_NAV_TAKEOFF
-            alt_amsl = params[6]
-            self._takeoff_alt_m = (alt_amsl - self.home_alt_amsl_m if math.isfinite(alt_amsl)
-                                   else MIS_TAKEOFF_ALT_M)
-            return [self._command_mode(PX4_TAKEOFF, now_s, state, "")]
-        if command == 21:  # MAV_CMD_NAV_LAND
-            return [self._command_mode(PX4_LAND, now_s, state, "Landing at current position")]
-        if command == 20:  # MAV_CMD_NAV_RETURN_TO_LAUNCH
-            return [self._command_mode(PX4_RTL, now_s, state, "Returning to launch")]
-        return None
+    def set_mode_command(self, params: Sequence[float], now_s: float, state: QuadState,
+                         source_component: int) -> list[int]:
+        first = [MAV_RESULT_ACCEPTED] if self.config.px4_double_set_mode_ack else []
+        return [*first, self._do_set_mode(params, now_s, state, source_component)]
+
+    def takeoff_command(self, param7: float, frame: int | None, now_s: float, state: QuadState) -> int:
+        """param7: AMSL altitude (m); NaN takes off to MIS_TAKEOFF_ALT above home."""
+        self._takeoff_alt_m = param7 - self.home_alt_amsl_m if math.isfinite(param7) else MIS_TAKEOFF_ALT_M
+        return self._command_mode(PX4_TAKEOFF, now_s, state, "")
+
+    def land_command(self, now_s: float, state: QuadState) -> int:
+        return self._command_mode(PX4_LAND, now_s, state, "Landing at current position")
+
+    def return_command(self, now_s: float, state: QuadState) -> int:
+        return self._command_mode(PX4_RTL, now_s, state, "Returning to launch")
 
     def set_mode_message(self, base_mode: int, custom_mode: int, now_s: float, state: QuadState) -> list[int]:
         """mavlink_receiver turns SET_MODE into a DO_SET_MODE command; Commander's answer is acked."""
@@ -247,7 +231,7 @@ class Px4Autopilot(Autopilot):
         else:
             self.start_task("idle" if self.landed else "hold", now_s, state)
 
-    def _arm_disarm(self, action: float, param2: float, now_s: float, state: QuadState) -> int:
+    def arm_disarm(self, action: float, param2: float, now_s: float, state: QuadState) -> int:
         act = round(action) if math.isfinite(action) else -1
         if act == 1:
             if self.armed:
