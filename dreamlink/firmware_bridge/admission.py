@@ -40,8 +40,8 @@ import math
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from dreamlink.firmware_bridge.dialect.known_ids import KNOWN_IDS
 from dreamlink.firmware_bridge.security import Authenticator, Verdict
@@ -84,18 +84,19 @@ class Admission:
         return (system, component) in self.allowed_sources
 
 
-class RxCounters(Protocol):
-    """Where a receiver's admission counts (a SITL's counters dataclass, the Link's). A receiver with
-    `allowed_sources` also needs `rx_source_rejected`."""
+@dataclass
+class AdmissionCounts:
+    """What the admission rule counts, by name: the one set of receive counters the Link and both SITLs carry
+    (each adds its own fields; a receiver with `allowed_sources` also needs `rx_source_rejected`)."""
 
-    rx_frames: int
-    rx_bad: int
-    rx_unknown: int
-    rx_signed: int
-    rx_unsigned_rejected: int
-    rx_bad_signature: int
-    rx_replayed: int
-    rx_by_type: dict[str, int]
+    rx_frames: int = 0  # admitted and decoded
+    rx_bad: int = 0  # malformed: garbage, bad CRC, cut short, parser errors
+    rx_unknown: int = 0  # ids the dialect does not decode
+    rx_signed: int = 0  # signing on: frames whose signature was good
+    rx_unsigned_rejected: int = 0  # signing on: unsigned frames the policy does not allow, dropped
+    rx_bad_signature: int = 0  # signing on: signature does not match our key, dropped
+    rx_replayed: int = 0  # signing on: good signature but not newer than its stream, dropped
+    rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
 class RateLimitedLog:
@@ -136,7 +137,7 @@ class FrameAdmission:
     Not thread-safe: one receiving thread owns it. `lock` (the receiver's) is held while counting, for
     whoever reads the counters from another thread. `where` (" on udp:...") goes into the warnings."""
 
-    def __init__(self, dialect: Any, policy: Admission, counters: RxCounters, warnings: RateLimitedLog, *,
+    def __init__(self, dialect: Any, policy: Admission, counters: AdmissionCounts, warnings: RateLimitedLog, *,
                  authenticator: Authenticator | None = None, datagrams: bool = True, pass_undecoded: bool = False,
                  lock: AbstractContextManager[Any] | None = None, where: str = "") -> None:
         self._dialect = dialect

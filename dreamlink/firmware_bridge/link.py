@@ -56,7 +56,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
+from dreamlink.firmware_bridge.admission import (
+    Admission,
+    AdmissionCounts,
+    FrameAdmission,
+    RateLimitedLog,
+    command_message_ids,
+)
 from dreamlink.firmware_bridge.dialect import dreamlink_v20 as _dialect
 from dreamlink.firmware_bridge.dialect.known_ids import KNOWN_IDS
 from dreamlink.firmware_bridge.security import (
@@ -177,18 +183,10 @@ class LinkStats:
 
 
 @dataclass
-class _RxCounts:
+class _RxCounts(AdmissionCounts):
     """What the receive side counted (the admission counts here, under the link's lock); `stats` copies it."""
 
-    rx_frames: int = 0
-    rx_bad: int = 0
-    rx_unknown: int = 0
-    rx_signed: int = 0
-    rx_unsigned_rejected: int = 0
-    rx_bad_signature: int = 0
-    rx_replayed: int = 0
     rx_source_rejected: int = 0
-    rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
 class _Waiter:

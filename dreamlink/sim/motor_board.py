@@ -63,7 +63,13 @@ from typing import Any
 
 import numpy as np
 
-from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
+from dreamlink.firmware_bridge.admission import (
+    Admission,
+    AdmissionCounts,
+    FrameAdmission,
+    RateLimitedLog,
+    command_message_ids,
+)
 from dreamlink.firmware_bridge.security import (
     Authenticator,
     SigningKey,
@@ -121,13 +127,10 @@ class BoardConfig:
 
 
 @dataclass
-class BoardCounters:
-    """What the board counted since start (logged at exit)."""
+class BoardCounters(AdmissionCounts):
+    """What the board counted since start (logged at exit): the admission's counts, then the board's own."""
 
     steps: int = 0
-    rx_frames: int = 0
-    rx_bad: int = 0
-    rx_unknown: int = 0
     tx_frames: int = 0
     tx_errors: int = 0
     commands_nan: int = 0
@@ -135,11 +138,6 @@ class BoardCounters:
     commands_ignored: int = 0
     command_timeouts: int = 0
     wall_clock_skips: int = 0
-    rx_signed: int = 0
-    rx_unsigned_rejected: int = 0
-    rx_bad_signature: int = 0
-    rx_replayed: int = 0
-    rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
 class _Writer:

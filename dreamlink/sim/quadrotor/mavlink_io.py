@@ -51,12 +51,18 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dreamlink.firmware_bridge.admission import Admission, FrameAdmission, RateLimitedLog, command_message_ids
+from dreamlink.firmware_bridge.admission import (
+    Admission,
+    AdmissionCounts,
+    FrameAdmission,
+    RateLimitedLog,
+    command_message_ids,
+)
 from dreamlink.firmware_bridge.security import Authenticator, SigningKey, signing_timestamp
 from dreamlink.sim.mavlink_udp import mavlink
 from dreamlink.sim.quadrotor.autopilot import (
@@ -96,21 +102,13 @@ ESTIMATOR_REPORT = {"ardupilot": "EKF_STATUS_REPORT", "px4": "ESTIMATOR_STATUS"}
 
 
 @dataclass
-class IoCounters:
-    """Traffic the face counted since start (logged at exit)."""
+class IoCounters(AdmissionCounts):
+    """Traffic the face counted since start (logged at exit): the admission's counts, then the face's own."""
 
-    rx_frames: int = 0
-    rx_bad: int = 0
-    rx_unknown: int = 0
     rx_not_for_us: int = 0
     tx_frames: int = 0
     ticks: int = 0
-    rx_signed: int = 0  # signing on: frames whose signature was good
-    rx_unsigned_rejected: int = 0  # signing on: unsigned frames dropped (every one but RADIO_STATUS)
-    rx_bad_signature: int = 0
-    rx_replayed: int = 0
     tx_frozen: int = 0  # telemetry frames not sent during a freeze
-    rx_by_type: dict[str, int] = field(default_factory=dict)
 
 
 class _Writer:
