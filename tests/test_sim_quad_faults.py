@@ -64,6 +64,8 @@ def test_a_rebooting_flight_controller_is_not_flown_on_and_the_clock_runs_on():
             assert clock.now() >= 4.0 > before  # the clock's time never went back
             assert profile.wait_state_after(0.0, 0.2) is False
             assert not profile.armed  # its boot HEARTBEAT: disarmed
+            # back in its boot mode, disarmed: a reboot, not a pilot taking over (the loop's failsafe path answers)
+            assert profile.taken_over is None and profile.takeovers == 0
         final = final_line(sitl)
     assert final["reboots"] == 1 and final["armed"] is False and final["time_s"] < 2.0
 

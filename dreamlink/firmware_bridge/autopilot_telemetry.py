@@ -17,7 +17,8 @@ on a state it cannot trust and does not command a vehicle that is not its own.
   the autopilot's own words ("PreArm: ..."). Other components' HEARTBEATs are remembered, to name who else
   shares the link.
 - Pilot takeover (`taken_over`): once the vehicle is in the control mode at our request, a HEARTBEAT in
-  another mode we did not ask for means a pilot or ground station took it.
+  another mode we did not ask for, still armed, means a pilot or ground station took it. Disarmed in another
+  mode is a reboot (or a disarm), not a takeover.
 - Estimator health (`estimator_ok`): SYS_STATUS's MAV_SYS_STATUS_AHRS health bit (both firmwares), and the
   family's own report: ArduPilot's EKF_STATUS_REPORT (bad when a variance reaches FS_EKF_THRESH's default
   0.8, the filter is uninitialised or in constant-position mode, or lacks attitude, velocity or relative
@@ -171,7 +172,12 @@ class AutopilotTelemetry:
         with self._cond:
             changed = (armed, msg.custom_mode) != (self._armed, self._custom_mode)
             in_control = self.in_control_mode(int(msg.custom_mode))
-            if self._controlling and not in_control:
+            if self._controlling and not in_control and not armed:
+                # Out of our mode and disarmed: the autopilot rebooted (it comes back disarmed in its boot mode) or
+                # was disarmed; nobody is flying it in another mode. Not a takeover: the loop's stale-state and
+                # failsafe paths answer it, as for any vehicle lost mid-flight.
+                self._controlling = False
+            elif self._controlling and not in_control:
                 self._controlling, self._takeover, taken = False, (self.mode_name(int(msg.custom_mode)), recv_s), True
                 self.takeovers += 1
             elif self._takeover is not None and in_control and armed:
