@@ -55,7 +55,7 @@ class RayOptions:
 
 @dataclass
 class Progress:
-    """What a progress bar shows; `flights_per_min` counts this session's flights since its first start."""
+    """What a progress bar shows; `flights_per_min` counts this run's flights since its first start."""
 
     total: int
     done: int = 0
