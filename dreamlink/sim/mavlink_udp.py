@@ -1,19 +1,30 @@
-"""What every SITL process shares on its side of the wire: MAVLink 2 through pymavlink, a parser that
-never raises on garbage, a bounded socket drain, and the `udp:HOST:PORT` argument type. Which received
-frames a SITL acts on is the Link's own rule, `dreamlink.firmware_bridge.admission`."""
+"""What every SITL process shares on its side of the wire: MAVLink 2 through pymavlink, its own MAVLink end
+(`SitlEnd`: the encoder it sends with, signing, and the admission of what it receives, the Link's own rule
+from `dreamlink.firmware_bridge.admission`), a parser that never raises on garbage, a bounded socket drain,
+and the `udp:HOST:PORT` argument type."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from dreamlink.firmware_bridge import admission
+from dreamlink.firmware_bridge.admission import (
+    Admission,
+    AdmissionCounts,
+    FrameAdmission,
+    RateLimitedLog,
+    command_message_ids,
+)
+from dreamlink.firmware_bridge.security import Authenticator, SigningKey, signing_timestamp
 
 # pymavlink chooses MAVLink 1 or 2 when mavutil is first imported (and flips a process-wide global
 # if it later sees a v2 frame). DEBUG_FLOAT_ARRAY has id 350, which MAVLink 1 cannot carry, so ask
@@ -25,6 +36,44 @@ from pymavlink import mavutil
 if mavutil.mavlink.WIRE_PROTOCOL_VERSION != "2.0":
     mavutil.set_dialect(mavutil.current_dialect)
 mavlink: Any = mavutil.mavlink
+
+
+class _Writer:
+    """The file-like object pymavlink's encoder writes packed frames to."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+
+
+class SitlEnd:
+    """A SITL's own MAVLink end, the same for the motor board and the quadrotor: `mav`, the encoder whose packed
+    frames go to `send_frame`; with a signing key, `auth` and every frame signed (the owner routes `mav.send`
+    through its own path to `send_signed_now`); and `admission`, which decides which received frames it acts on
+    and counts the rest in `counters`."""
+
+    def __init__(self, send_frame: Callable[[bytes], None], system: int, component: int, counters: AdmissionCounts,
+                 log: logging.Logger, signing_key: SigningKey | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.mav = mavlink.MAVLink(_Writer(send_frame), srcSystem=system, srcComponent=component)
+        self._wall_clock = wall_clock
+        self.auth: Authenticator | None = None
+        if signing_key is not None:
+            signing = self.mav.signing  # pymavlink signs what the encoder packs
+            signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
+            signing.timestamp = signing_timestamp(wall_clock())
+            self.auth = Authenticator(signing_key, wall_clock)
+        self.admission = FrameAdmission(
+            mavlink, Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()})),
+            counters, RateLimitedLog(log), authenticator=self.auth)
+
+    def send_signed_now(self, msg: Any, force_mavlink1: bool = False) -> None:
+        """Sign and send `msg`. Signing timestamps must not fall behind the wall clock (a client that connects
+        later refuses a stream more than a minute old) nor behind the newest accepted from a peer."""
+        assert self.auth is not None
+        signing = self.mav.signing
+        signing.timestamp = max(signing.timestamp, signing_timestamp(self._wall_clock()),
+                                self.auth.newest_timestamp + 1)
+        type(self.mav).send(self.mav, msg, force_mavlink1=force_mavlink1)
 
 
 def new_parser() -> Any:

@@ -64,19 +64,13 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.admission import (
-    Admission,
     AdmissionCounts,
-    FrameAdmission,
-    RateLimitedLog,
-    command_message_ids,
 )
 from dreamlink.firmware_bridge.security import (
-    Authenticator,
     SigningKey,
-    signing_timestamp,
 )
 from dreamlink.sim.cartpole_physics import CartpoleParams
-from dreamlink.sim.mavlink_udp import mavlink
+from dreamlink.sim.mavlink_udp import SitlEnd, mavlink
 from dreamlink.sim.plants import CartpolePlant, GymPlant, Plant
 from dreamlink.sim.udp_process import check_link_fields
 from dreamlink.spec import SimSpec, load_vehicle
@@ -140,13 +134,6 @@ class BoardCounters(AdmissionCounts):
     wall_clock_skips: int = 0
 
 
-class _Writer:
-    """The file-like object pymavlink's encoder writes packed frames to."""
-
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
-
-
 class MotorBoard:
     """The board's behaviour, transport-free: feed it datagrams, call `advance()` on the clock.
 
@@ -160,19 +147,11 @@ class MotorBoard:
         self.config = config
         self.counters = counters if counters is not None else BoardCounters()
         self._write = write
-        self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=BOARD_SYSTEM_ID,
-                                    srcComponent=BOARD_COMPONENT_ID)
-        self._wall_clock = wall_clock
-        self._auth: Authenticator | None = None
-        if signing_key is not None:
-            signing = self._mav.signing  # pymavlink signs what the encoder packs
-            signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
-            signing.timestamp = signing_timestamp(wall_clock())
-            self._auth = Authenticator(signing_key, wall_clock)
-            self._mav.send = self._send_signed
-        self._admission = FrameAdmission(
-            mavlink, Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()})),
-            self.counters, RateLimitedLog(log), authenticator=self._auth)
+        self._end = SitlEnd(self._send_frame, BOARD_SYSTEM_ID, BOARD_COMPONENT_ID, self.counters, log, signing_key,
+                            wall_clock)
+        self._mav = self._end.mav
+        if self._end.auth is not None:
+            self._mav.send = self._end.send_signed_now
         self._rng = np.random.default_rng(config.seed)
         self._noise_rng = np.random.default_rng([config.seed, 1])
         self.plant: Plant = plant if plant is not None else CartpolePlant(config.physics, self._rng)
@@ -250,15 +229,6 @@ class MotorBoard:
             data[S + A + 2 + i] = float(v)
         self._mav.debug_float_array_send(self.time_us, self.plant.telemetry_name.encode(), 0, data)
 
-    def _send_signed(self, msg: Any, force_mavlink1: bool = False) -> None:
-        # Signing timestamps must not fall behind the wall clock (a client that connects later
-        # refuses a stream more than a minute old) nor behind the newest accepted from a peer.
-        assert self._auth is not None
-        signing = self._mav.signing
-        signing.timestamp = max(signing.timestamp, signing_timestamp(self._wall_clock()),
-                                self._auth.newest_timestamp + 1)
-        type(self._mav).send(self._mav, msg, force_mavlink1=force_mavlink1)
-
     def _send_frame(self, frame: bytes) -> None:
         self.counters.tx_frames += 1
         self._write(frame)
@@ -267,7 +237,7 @@ class MotorBoard:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped)."""
-        for admitted in self._admission.admit(datagram):
+        for admitted in self._end.admission.admit(datagram):
             self._dispatch(admitted.msg.get_type(), admitted.msg)
 
     def _for_me(self, target_system: int, target_component: int) -> bool:

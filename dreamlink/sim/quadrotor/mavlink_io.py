@@ -57,14 +57,10 @@ from typing import Any
 import numpy as np
 
 from dreamlink.firmware_bridge.admission import (
-    Admission,
     AdmissionCounts,
-    FrameAdmission,
-    RateLimitedLog,
-    command_message_ids,
 )
-from dreamlink.firmware_bridge.security import Authenticator, SigningKey, signing_timestamp
-from dreamlink.sim.mavlink_udp import mavlink
+from dreamlink.firmware_bridge.security import SigningKey
+from dreamlink.sim.mavlink_udp import SitlEnd, mavlink
 from dreamlink.sim.quadrotor.autopilot import (
     FLIGHT_COMMANDS,
     MAV_RESULT_ACCEPTED,
@@ -111,11 +107,6 @@ class IoCounters(AdmissionCounts):
     tx_frozen: int = 0  # telemetry frames not sent during a freeze
 
 
-class _Writer:
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
-
-
 class MavlinkFace:
     """MAVLink in and out for one `SimVehicle`. `on_tick` is called for each lockstep tick message."""
 
@@ -129,18 +120,10 @@ class MavlinkFace:
         self.on_tick = on_tick
         self.counters = IoCounters()
         self._write = write
-        self._mav = mavlink.MAVLink(_Writer(self._send_frame), srcSystem=SYSTEM_ID, srcComponent=COMPONENT_ID)
-        self._wall_clock = wall_clock
-        self._auth: Authenticator | None = None
-        if signing_key is not None:  # as the motor board: sign everything, act on good signatures only
-            signing = self._mav.signing
-            signing.secret_key, signing.link_id, signing.sign_outgoing = signing_key.secret, 0, True
-            signing.timestamp = signing_timestamp(wall_clock())
-            self._auth = Authenticator(signing_key, wall_clock)
+        self._end = SitlEnd(self._send_frame, SYSTEM_ID, COMPONENT_ID, self.counters, log, signing_key, wall_clock)
+        self._mav, self._auth = self._end.mav, self._end.auth
+        if self._auth is not None:  # as the motor board: sign everything, act on good signatures only
             self._mav.send = self._send_signed
-        self._admission = FrameAdmission(
-            mavlink, Admission(command_message_ids({i: c.msgname for i, c in mavlink.mavlink_map.items()})),
-            self.counters, RateLimitedLog(log), authenticator=self._auth)
         self._delay_us = round(vehicle.domain.telemetry_latency_s * 1e6)
         self._delayed: deque[tuple[int, Any]] = deque()  # (due us, packed frame or, signing, the message)
         self._delaying = False
@@ -235,10 +218,7 @@ class MavlinkFace:
         if self._delaying:  # signed when it goes out: a frame signed now and sent later would be a replay
             self._delayed.append((self.vehicle.time_us + self._delay_us, msg))
             return
-        signing = self._mav.signing
-        signing.timestamp = max(signing.timestamp, signing_timestamp(self._wall_clock()),
-                                self._auth.newest_timestamp + 1)
-        type(self._mav).send(self._mav, msg, force_mavlink1=force_mavlink1)
+        self._end.send_signed_now(msg, force_mavlink1)
 
     def _write_now(self, frame: bytes) -> None:
         self.counters.tx_frames += 1
@@ -276,12 +256,12 @@ class MavlinkFace:
 
     def receive(self, datagram: bytes) -> None:
         """Handle one UDP datagram (a whole number of MAVLink frames; anything else is dropped and counted)."""
-        for admitted in self._admission.admit(datagram):
+        for admitted in self._end.admission.admit(datagram):
             msg_type = admitted.msg.get_type()
             try:
                 self._dispatch(msg_type, admitted.msg)
             except (ValueError, TypeError, OverflowError) as exc:  # a well-formed frame with absurd values
-                self._admission.drop_malformed(1, f"{msg_type}: {exc}")
+                self._end.admission.drop_malformed(1, f"{msg_type}: {exc}")
 
     def _for_me(self, msg: Any) -> bool:
         ok = msg.target_system in (0, SYSTEM_ID) and msg.target_component in (0, COMPONENT_ID)
