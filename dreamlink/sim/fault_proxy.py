@@ -398,14 +398,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def __getattr__(name: str) -> Any:
-    """`FaultProxy` and `SitlBehindProxy` live with the other launchers; importable from here too."""
-    if name in ("FaultProxy", "SitlBehindProxy"):
-        import importlib
-
-        return getattr(importlib.import_module("dreamlink.sim.proxy_launcher"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
